@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that run one `trust` pipeline stage each (orchestration issue)."""

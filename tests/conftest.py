@@ -1,0 +1,48 @@
+import os
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two shared cores: more than one torch thread per process slows everything ~30x.
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def world_tokenizer():
+    from trust.world.captions import all_words
+    from trust.world.tokenizer import build_tokenizer
+
+    return build_tokenizer(all_words())
+
+
+@pytest.fixture(scope="session")
+def shipped_params():
+    from trust.config import load_params
+
+    return load_params(ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def shipped_world(shipped_params):
+    from trust.models import load_model
+
+    return load_model(ROOT / shipped_params.world.model_dir)
+
+
+@pytest.fixture(scope="session")
+def shipped_classifier(shipped_params):
+    from trust.world.classifier import ConceptClassifier
+
+    return ConceptClassifier.load(ROOT / shipped_params.world.classifier_dir)

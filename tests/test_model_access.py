@@ -1,0 +1,107 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from trust.models import KIND_SD, KIND_WORLD, ModelLoadError, load_model, save_model
+from trust.sampling import generate
+
+from tiny_models import tiny_sd_parts
+
+
+def test_tiny_sd_pipeline_saves_and_loads_back(world_tokenizer, tmp_path):
+    parts = tiny_sd_parts(world_tokenizer)
+    save_model(parts, tmp_path / "sd")
+    loaded = load_model(tmp_path / "sd")
+    assert loaded.kind == KIND_SD
+    assert loaded.fingerprint() == parts.fingerprint()
+    assert loaded.image_size == 16 and loaded.latent_shape == (4, 8, 8)
+    # Every weight file on disk is safetensors.
+    assert not [p for p in (tmp_path / "sd").rglob("*") if p.suffix in (".bin", ".ckpt", ".pt")]
+    a = generate(parts, ["a red circle"] * 2, [1, 2], steps=3)
+    b = generate(loaded, ["a red circle"] * 2, [1, 2], steps=3)
+    assert a.shape == (2, 3, 16, 16)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_vae_encode_decode_shapes(world_tokenizer):
+    parts = tiny_sd_parts(world_tokenizer)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = parts.encode_images(x)
+    assert z.shape == (2, 4, 8, 8)
+    assert parts.decode_latents(z).shape == (2, 3, 16, 16)
+
+
+def test_fingerprint_changes_with_any_weight(world_tokenizer):
+    parts = tiny_sd_parts(world_tokenizer)
+    before = parts.fingerprint()
+    with torch.no_grad():
+        parts.unet.conv_out.bias[0] += 1e-3
+    assert parts.fingerprint() != before
+
+
+def test_missing_path_names_what_is_expected(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist.*model_index.json.*trust_model.json"):
+        load_model(tmp_path / "nope")
+
+
+def test_folder_that_is_not_a_pipeline(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="not a pipeline folder"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["sd-v1-4.ckpt", "model.pt", "pytorch_model.bin", "weights.pkl"])
+def test_pickle_files_are_refused(tmp_path, name):
+    f = tmp_path / name
+    f.write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(ModelLoadError, match="pickle.*never unpickles"):
+        load_model(f)
+
+
+def test_single_safetensors_file_gets_conversion_hint(tmp_path):
+    f = tmp_path / "model.safetensors"
+    save_file({"x": torch.zeros(1)}, str(f))
+    with pytest.raises(ModelLoadError, match="from_single_file"):
+        load_model(f)
+
+
+def test_pipeline_folder_with_only_pickle_weights_is_refused(world_tokenizer, tmp_path):
+    save_model(tiny_sd_parts(world_tokenizer), tmp_path)
+    st = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    st.rename(st.with_suffix(".bin"))
+    with pytest.raises(ModelLoadError, match=r"unet has no .safetensors weights.*diffusion_pytorch_model.bin"):
+        load_model(tmp_path)
+
+
+def test_missing_component_is_named(world_tokenizer, tmp_path):
+    save_model(tiny_sd_parts(world_tokenizer), tmp_path)
+    import shutil
+
+    shutil.rmtree(tmp_path / "vae")
+    with pytest.raises(ModelLoadError, match="lacks component folder.*vae"):
+        load_model(tmp_path)
+
+
+def test_world_folder_loads_with_identity_vae(shipped_world):
+    assert shipped_world.kind == KIND_WORLD
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(shipped_world.encode_images(x), x)
+    assert torch.equal(shipped_world.decode_latents(x), x)
+    assert not any(p.requires_grad for p in shipped_world.unet.parameters())
+
+
+def test_sampler_matches_stock_diffusers_pipeline(shipped_world):
+    from trust.sampling import initial_noise
+
+    ours = generate(shipped_world, ["a red circle", "a blue cross"], [3, 4], steps=10, guidance=4.0)
+    pipe = shipped_world.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(["a red circle", "a blue cross"], latents=initial_noise(shipped_world, [3, 4]),
+                  num_inference_steps=10, guidance_scale=4.0, output_type="pt").images
+    assert torch.allclose((ours + 1) / 2, theirs, atol=1e-5)
+
+
+def test_images_do_not_depend_on_batching(shipped_world):
+    together = generate(shipped_world, ["a red circle", "a green square"], [5, 6], steps=5, batch_size=2)
+    alone = generate(shipped_world, ["a green square"], [6], steps=5, batch_size=1)
+    assert torch.allclose(together[1], alone[0], atol=1e-5)

@@ -1,0 +1,108 @@
+"""`DiffusionParts`: the one interface every method uses to reach a text-to-image model."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+KIND_SD = "stable-diffusion"
+KIND_WORLD = "world"
+
+
+@dataclass
+class DiffusionParts:
+    """Tokenizer, text encoder, UNet, training noise scheduler and a VAE with encode/decode.
+
+    For SD the VAE is `AutoencoderKL`; for the pixel-space world it is `IdentityVAE`.
+    Images are tensors (N, 3, H, W) in [-1, 1] everywhere.
+    """
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    scheduler: DDPMScheduler
+    vae: torch.nn.Module
+    kind: str
+    source: Path | None = None
+    extra: dict = field(default_factory=dict)  # e.g. the world's image size
+
+    # -- geometry -----------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.unet.config.sample_size
+        return (self.unet.config.in_channels, s, s)
+
+    # -- text ---------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.text_encoder.device)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Per-token hidden states, the UNet's cross-attention context."""
+        return self.text_encoder(self.tokenize(prompts))[0]
+
+    # -- images <-> latents -----------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        latents = self.vae.encode(images).latent_dist.mode()
+        return latents * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+
+    # -- sampling -------------------------------------------------------------------
+    def sampling_scheduler(self) -> DDIMScheduler:
+        return DDIMScheduler.from_config(self.scheduler.config)
+
+    def pipeline(self) -> StableDiffusionPipeline:
+        """A stock diffusers pipeline over these parts (DDIM sampler, no safety checker)."""
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.sampling_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet, "text_encoder": self.text_encoder, "vae": self.vae}
+
+    def requires_grad_(self, flag: bool) -> "DiffusionParts":
+        for m in self.modules().values():
+            m.requires_grad_(flag)
+        return self
+
+    def eval(self) -> "DiffusionParts":
+        for m in self.modules().values():
+            m.eval()
+        return self
+
+    def fingerprint(self) -> str:
+        """Content hash of the weights: names, dtypes, shapes and bytes, in sorted order.
+
+        Independent of file layout or sharding, so it identifies the base model in lineage.
+        """
+        h = hashlib.sha256()
+        for prefix, module in sorted(self.modules().items()):
+            state = module.state_dict()
+            for name in sorted(state):
+                t = state[name].detach().cpu().contiguous()
+                h.update(f"{prefix}.{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return "sha256:" + h.hexdigest()
