@@ -77,13 +77,14 @@ def load_model(path: str | Path, device: str = "cpu") -> DiffusionParts:
     try:
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", **kw)
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True, **kw)
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True, **kw)
+        # low_cpu_mem_usage=False: the same load without the optional `accelerate` package.
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True, low_cpu_mem_usage=False, **kw)
         scheduler = DDPMScheduler.from_pretrained(path / "scheduler", **kw)
         if kind == KIND_WORLD:
             vae = IdentityVAE.from_config(IdentityVAE.load_config(path / "vae", **kw))
             extra = json.loads((path / WORLD_INDEX).read_text())
         else:
-            vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True, **kw)
+            vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True, low_cpu_mem_usage=False, **kw)
             extra = {}
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"could not load {path} as {kind}: {e}") from e
