@@ -105,6 +105,9 @@ class FinetuneParams(_Strict):
     reestimate_every: int = Field(5, ge=1, description="k: re-estimate the mask every k steps")
     dynamic: bool = Field(True, description="false: keep the initial mask (static, SalUn-like)")
     references: int = Field(16, ge=1, description="target images generated once by the frozen model")
+    preserve_weight: float = Field(
+        0.0, ge=0, description="weight of the optional preservation term on the preservation prompts (0 = off, "
+                               "as in the paper); it keeps their noise predictions at the frozen model's")
     checkpoint_every: int = Field(20, ge=1)
 
 

@@ -1,0 +1,37 @@
+"""The `unlearn` flow: prompts -> localize -> finetune -> evaluate -> register, one Prefect
+task per DVC stage (plus the world's stages when the base model is the built-in world),
+under one MLflow parent run whose nested runs are the stages that actually ran."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as prefect_flow_run
+
+from tasks.stages import run_stage
+from trust.config import load_params
+from trust.stages.paths import STAGES, WORLD_STAGES
+from trust import tracking
+
+
+def pipeline_stages(uses_world: bool) -> list[str]:
+    return list(WORLD_STAGES if uses_world else ()) + list(STAGES)
+
+
+@flow(name="unlearn", log_prints=True)
+def unlearn(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
+    root_p = Path(root).resolve()
+    params = load_params(root_p / params_path)  # validated before any work
+    tracking.configure(params.tracking, root_p)
+    logger = get_run_logger()
+    results = []
+    with tracking.flow_run("unlearn", params, root_p) as parent:
+        env = {"TRUST_PARENT_RUN_ID": parent.info.run_id,
+               "TRUST_PREFECT_FLOW_RUN_ID": str(prefect_flow_run.get_id() or "")}
+        for stage in pipeline_stages(params.uses_world):
+            results.append(run_stage(stage, str(root_p), env))
+        ran = [r["stage"] for r in results if r["ran"]]
+        logger.info("stages run: %s; skipped (up to date): %s", ran or "none",
+                    [r["stage"] for r in results if not r["ran"]] or "none")
+    return results

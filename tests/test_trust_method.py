@@ -1,0 +1,53 @@
+import copy
+
+import torch
+
+from trust.config import FinetuneParams, LocalizeParams
+from trust.methods.data import ForgetData
+from trust.methods.saliency import cross_attention_params
+from trust.methods.trust_method import TrustMethod, denoise_saliency
+
+ROWS = [{"prompt": "a red circle", "anchor": "a plain background"},
+        {"prompt": "a blue circle", "anchor": "a striped background"}]
+
+
+def _setup(shipped_world, **ft):
+    parts = copy.copy(shipped_world)
+    parts.unet = copy.deepcopy(shipped_world.unet)
+    data = ForgetData.build(parts, ROWS, references=4, seed=0)
+    loc = LocalizeParams(batch_size=4, xi=1.0)
+    params = cross_attention_params(parts.unet, loc.modules)
+    mask = denoise_saliency(parts.unet, parts.unet, params, data, parts, loc, 0, 0)
+    return parts, data, loc, mask, FinetuneParams(batch_size=4, **ft)
+
+
+def test_mask_selects_only_cross_attention_rows(shipped_world):
+    parts, data, loc, mask, ft = _setup(shipped_world)
+    assert mask and all(".attn2.to_" in k for k in mask)
+    assert all(m.dim() == 1 and m.shape[0] == parts.unet.get_parameter(k).shape[0] for k, m in mask.items())
+    assert 0 < sum(int(m.sum()) for m in mask.values()) < sum(m.numel() for m in mask.values())
+
+
+def test_step_changes_only_masked_rows(shipped_world):
+    parts, data, loc, mask, ft = _setup(shipped_world, dynamic=False, steps=2)
+    before = {k: v.clone() for k, v in parts.unet.state_dict().items()}
+    method = TrustMethod(parts, data, ft, loc, mask)
+    assert not any(p.requires_grad for n, p in parts.unet.named_parameters() if n not in mask)
+    for s in range(2):
+        method.step(s)
+    after = parts.unet.state_dict()
+    for k, v in before.items():
+        if k in mask:
+            changed_rows = (after[k] != v).any(dim=1)
+            assert changed_rows.any()
+            assert not (changed_rows & ~mask[k].bool()).any(), k  # only masked rows moved
+        else:
+            assert torch.equal(after[k], v), k  # frozen: bit-identical
+
+
+def test_dynamic_reestimation_logs_drift(shipped_world):
+    parts, data, loc, mask, ft = _setup(shipped_world, reestimate_every=1)
+    method = TrustMethod(parts, data, ft, loc, mask)
+    method.step(0)
+    info = method.step(1)
+    assert 0.0 <= info["jaccard"] <= 1.0 and info["mask_size"] > 0

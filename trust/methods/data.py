@@ -1,0 +1,46 @@
+"""Training data shared by the unlearning methods: reference images of the target concept,
+made once by the frozen model, and the text conditions of each target prompt and its anchor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trust.models.parts import DiffusionParts
+from trust.sampling import generate
+from trust.utils.seeding import torch_generator
+
+
+@dataclass
+class ForgetData:
+    latents: torch.Tensor  # (R, C, h, w) reference latents x0 of target prompts
+    target_emb: torch.Tensor  # (R, L, D) condition of each reference's target prompt
+    anchor_emb: torch.Tensor  # (R, L, D) condition of its anchor prompt
+    prompts: list[str]
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, parts: DiffusionParts, rows: list[dict], references: int, seed: int) -> "ForgetData":
+        """`rows`: prompts.json target rows ({prompt, anchor}); references cycle over them."""
+        if not rows:
+            raise ValueError("no target prompts: run the prompts stage with a non-empty concept.target")
+        picked = [rows[i % len(rows)] for i in range(references)]
+        prompts = [r["prompt"] for r in picked]
+        images = generate(parts, prompts, [seed * 100_003 + i for i in range(references)])
+        return cls(
+            latents=parts.encode_images(images),
+            target_emb=parts.encode_text(prompts),
+            anchor_emb=parts.encode_text([r["anchor"] or "" for r in picked]),
+            prompts=prompts,
+        )
+
+    def batch(self, parts: DiffusionParts, size: int, *key: int):
+        """(x_t, t, target_emb, anchor_emb, noise) for batch `key`: a function of the key alone."""
+        g = torch_generator(*key)
+        idx = torch.randint(0, self.latents.shape[0], (size,), generator=g)
+        x0 = self.latents[idx]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (size,), generator=g)
+        x_t = parts.scheduler.add_noise(x0, noise, t)
+        return x_t, t, self.target_emb[idx], self.anchor_emb[idx], noise

@@ -1,0 +1,1 @@
+"""Pipeline stages: one module per `trust <stage>` command, plain library code."""

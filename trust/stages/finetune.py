@@ -1,0 +1,127 @@
+"""`trust finetune`: selective fine-tuning from the localised mask; writes the weights delta.
+
+Checkpoints (safetensors) every `checkpoint_every` steps; a killed run resumes from the last
+one when its settings, prompts, mask and base model are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from rich.console import Console
+from tqdm.auto import tqdm
+
+from trust.config import Params
+from trust.delta import save_delta
+from trust.methods.data import ForgetData
+from trust.methods.trust_method import METHODS
+from trust.models import load_model
+from trust.stages import localize, paths, prompts
+from trust.tracking import stage_run
+from trust.utils.fs import staged_dir
+from trust.utils.safetensors_io import load_tensors, save_tensors, write_json
+
+console = Console(stderr=True)
+CURVE_KEYS = ("loss", "l_prev", "l_reg", "l_keep", "mask_size", "jaccard")
+
+
+def _digest(params: Params, fingerprint: str, sets: dict, mask: dict) -> str:
+    h = hashlib.sha256()
+    h.update(params.finetune.model_dump_json().encode())
+    h.update(params.localize.model_dump_json().encode())
+    h.update(fingerprint.encode())
+    h.update(json.dumps([sets["target"]["train"], sets["preserve"]["train"]], sort_keys=True).encode())
+    for k in sorted(mask):
+        h.update(k.encode() + mask[k].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def curves_plot(history: list[dict], path: Path, title: str) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    steps = [h["step"] for h in history]
+    axes[0].plot(steps, [h["l_prev"] for h in history], label="L_prev")
+    axes[0].plot(steps, [h["loss"] for h in history], label="total", alpha=0.7)
+    axes[0].set_title("loss")
+    axes[0].legend()
+    axes[1].plot(steps, [h["mask_size"] for h in history])
+    axes[1].set_title("mask size (neurons)")
+    jac = [(h["step"], h["jaccard"]) for h in history if "jaccard" in h]
+    if jac:
+        axes[2].plot(*zip(*jac), marker="o")
+    axes[2].set_ylim(0, 1.05)
+    axes[2].set_title("mask drift: Jaccard with previous mask")
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(params: Params, root: Path, progress: bool = True) -> dict:
+    ft = params.finetune
+    torch.manual_seed(ft.seed)
+    parts = load_model(paths.base_model(params.model.base, root), device=params.model.device)
+    fingerprint = parts.fingerprint()
+    base_state = {k: v.clone() for k, v in parts.unet.state_dict().items()}
+    sets = prompts.load(root)
+    mask = localize.load_mask(root)
+    data = ForgetData.build(parts, sets["target"]["train"], ft.references, ft.seed)
+    keep = None
+    if ft.preserve_weight > 0:
+        keep = ForgetData.build(parts, sets["preserve"]["train"], ft.references, ft.seed + 1)
+    method = METHODS[ft.method](parts, data, ft, params.localize, mask, keep=keep)
+
+    ckpt_dir = root / paths.FINETUNE_CHECKPOINTS
+    digest = _digest(params, fingerprint, sets, mask)
+    start, history = 0, []
+    meta_path = ckpt_dir / "state.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("digest") == digest:
+            method.load_state_tensors(load_tensors(ckpt_dir / "state.safetensors"))
+            start, history = meta["step"], meta["history"]
+            console.print(f"[cyan]resuming fine-tuning from step {start}")
+
+    t0 = time.perf_counter()
+    for step in tqdm(range(start, ft.steps), initial=start, total=ft.steps, desc=f"finetune ({ft.method})",
+                     disable=not progress):
+        info = method.step(step)
+        history.append({"step": step + 1, **info})
+        if (step + 1) % ft.checkpoint_every == 0 and step + 1 < ft.steps:
+            save_tensors(method.state_tensors(), ckpt_dir / "state.safetensors")
+            write_json({"step": step + 1, "history": history, "digest": digest}, meta_path)
+    seconds = time.perf_counter() - t0
+
+    section = {"finetune": ft.model_dump(mode="json"), "localize": params.localize.model_dump(mode="json")}
+    with stage_run("finetune", section, root, base_fingerprint=fingerprint) as run_:
+        with staged_dir(root / paths.FINETUNE_DIR) as out:
+            summary = save_delta(base_state, parts.unet.state_dict(), out / "delta.safetensors",
+                                 {"base_fingerprint": fingerprint, "method": ft.method, "concept": params.concept.name})
+            curves_plot(history, out / "curves.png", f"{ft.method} on '{params.concept.name}' ({ft.loss}, beta={ft.beta})")
+        metrics = {
+            "steps": ft.steps, "resumed_from": start, "trainable_parameters": method.trainable_parameters(),
+            "final_l_prev": history[-1]["l_prev"], "final_mask_size": history[-1]["mask_size"],
+            "delta_tensors": summary["tensors"], "delta_parameters": summary["parameters"],
+        }
+        write_json(metrics, root / paths.METRICS / "finetune.json")
+        (root / paths.METRICS / "finetune_curve.csv").write_text(
+            "step," + ",".join(CURVE_KEYS) + "\n"
+            + "".join(f"{h['step']}," + ",".join(str(h.get(k, "")) for k in CURVE_KEYS) + "\n" for h in history))
+        for h in history:
+            run_.log_metrics({k: h[k] for k in CURVE_KEYS if k in h}, step=h["step"])
+        run_.log_metrics({k: v for k, v in metrics.items()} | {"seconds": seconds})
+        run_.log_artifact(root / paths.FINETUNE_DIR)
+    if ckpt_dir.exists():  # finished: the checkpoint has served its purpose
+        import shutil
+
+        shutil.rmtree(ckpt_dir)
+    return metrics

@@ -1,0 +1,21 @@
+"""Where each stage's outputs live (docs/stages.md); dvc.yaml names the same paths."""
+
+from pathlib import Path
+
+PROMPTS = Path("data/prompts.json")
+LOCALIZE_DIR = Path("outputs/localize")
+MASK = LOCALIZE_DIR / "mask.safetensors"
+FINETUNE_DIR = Path("outputs/finetune")
+DELTA = FINETUNE_DIR / "delta.safetensors"
+FINETUNE_CHECKPOINTS = Path(".cache/finetune")
+EVALUATE_DIR = Path("outputs/evaluate")
+REGISTER_DIR = Path("outputs/register")
+METRICS = Path("metrics")
+
+STAGES = ("prompts", "localize", "finetune", "evaluate", "register")
+WORLD_STAGES = ("world_classifier", "world")
+
+
+def base_model(base: Path, root: Path) -> Path:
+    """params.yaml paths are relative to the project root."""
+    return base if base.is_absolute() else root / base

@@ -1,0 +1,31 @@
+"""`trust prompts`: expand the concept block into train/eval prompt sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trust.concepts import build_prompt_sets
+from trust.config import Params
+from trust.stages import paths
+from trust.tracking import stage_run
+from trust.utils.safetensors_io import write_json
+
+
+def run(params: Params, root: Path) -> dict:
+    sets = build_prompt_sets(params.concept, params.prompts)
+    counts = {f"{role}_{split}": len(sets[role][split]) for role in ("target", "preserve") for split in ("train", "eval")}
+    section = {"concept": params.concept.model_dump(mode="json"), "prompts": params.prompts.model_dump(mode="json")}
+    with stage_run("prompts", section, root) as run_:
+        write_json(sets, root / paths.PROMPTS)
+        write_json(counts, root / paths.METRICS / "prompts.json")
+        run_.log_metrics(counts)
+        run_.log_artifact(root / paths.PROMPTS)
+    return counts
+
+
+def load(root: Path) -> dict:
+    path = root / paths.PROMPTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `trust prompts` (or `trust run --only prompts`) first")
+    return json.loads(path.read_text())

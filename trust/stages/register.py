@@ -1,0 +1,75 @@
+"""`trust register`: package the delta with what rebuilds the pipeline, register it in the
+MLflow model registry, and move `production` only when the gates pass.
+
+A failed gate still registers the version (alias `candidate`, for inspection) but moves
+nothing else, names the failed gate, and exits non-zero (`GateFailed`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from trust.config import Params
+from trust.delta import read_delta
+from trust.registry import register_version, write_model_card
+from trust.stages import paths
+from trust.tracking import dvc_stage_hashes, git_commit, stage_run
+from trust.utils.fs import staged_dir
+from trust.utils.safetensors_io import write_json
+
+GRIDS = {"before_after.png": paths.EVALUATE_DIR, "curves.png": paths.FINETUNE_DIR, "heatmap.png": paths.LOCALIZE_DIR}
+
+
+class GateFailed(RuntimeError):
+    """The evaluation did not pass a registration gate; `production` was left where it was."""
+
+
+def run(params: Params, root: Path) -> dict:
+    metrics_path = root / paths.METRICS / "evaluate.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path} is missing: run `trust evaluate` first")
+    metrics = json.loads(metrics_path.read_text())
+    _, delta_meta = read_delta(root / paths.DELTA)
+    base = paths.base_model(params.model.base, root)
+    lineage = {
+        "base_model": str(params.model.base),
+        "base_fingerprint": delta_meta.get("base_fingerprint"),
+        "method": delta_meta.get("method"),
+        "concept": params.concept.name,
+        "git_commit": git_commit(root),
+        "dvc": dvc_stage_hashes(root),
+        "params": {"concept": params.concept.model_dump(mode="json"), "localize": params.localize.model_dump(mode="json"),
+                   "finetune": params.finetune.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json")},
+        "prompts_file": str(paths.PROMPTS),
+    }
+    section = {"register": params.registry.model_dump(mode="json")}
+    with stage_run("register", section, root, base_fingerprint=lineage["base_fingerprint"]) as run_:
+        with staged_dir(root / paths.REGISTER_DIR) as out:
+            package = out / "package"
+            package.mkdir()
+            shutil.copy2(root / paths.DELTA, package / "delta.safetensors")
+            shutil.copy2(root / paths.PROMPTS, package / "prompts.json")
+            write_json({"base_model": str(base.resolve()), "base_fingerprint": lineage["base_fingerprint"],
+                        "method": lineage["method"], "kind": "trust-delta-v1"}, package / "pipeline.json")
+            grids = []
+            for name, folder in GRIDS.items():
+                if (root / folder / name).is_file():
+                    shutil.copy2(root / folder / name, package / name)
+                    grids.append(name)
+            from trust.registry import gate_results
+
+            gates = gate_results(metrics, params.registry.gates)
+            write_model_card(package / "model_card.md", params, metrics, gates, lineage, grids)
+            result = register_version(params, root, package, metrics, lineage, run_id=run_.run_id)
+            write_json(result, out / "registration.json")
+            shutil.copy2(package / "model_card.md", out / "model_card.md")
+        run_.log_metrics({"version": float(result["version"]), "gates_passed": float(result["passed"])})
+        run_.log_artifact(root / paths.REGISTER_DIR / "model_card.md")
+    if not result["passed"]:
+        failed = [f"{k} (value {v['value']:.3f}, limit {v['limit']})" for k, v in result["gates"].items()
+                  if isinstance(v, dict) and not v["passed"]]
+        raise GateFailed(f"{params.registry.model_name} v{result['version']} registered as candidate only; "
+                         f"failed gate(s): {', '.join(failed)}; production unchanged")
+    return result
