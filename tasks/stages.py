@@ -49,6 +49,8 @@ def repro_stage(stage: str, root: Path, env: dict[str, str], log) -> dict:
             lines.append(line)
             log(line)
     code = proc.wait()
+    if code != 0 and any(f"exited with {GATE_FAILED_EXIT}" in ln for ln in lines):
+        code = GATE_FAILED_EXIT  # dvc exits 255 whatever the command's code was
     if code != 0:
         raise StageFailed(stage, code, lines)
     ran = any(f"Running stage '{stage}'" in ln for ln in lines)

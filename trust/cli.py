@@ -21,6 +21,12 @@ app.add_typer(world_app, name="world")
 app.add_typer(params_app, name="params")
 app.add_typer(model_app, name="model")
 
+
+def _add_registry_commands() -> None:
+    from trust.cli_registry import add_commands  # `trust load`, `trust lineage`
+
+    add_commands(app)
+
 console = Console()
 err = Console(stderr=True)
 PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", "-p", help="parameter file")
@@ -42,12 +48,13 @@ def _params(path: Path):
     try:
         return load_params(path)
     except ParamsError as e:
-        err.print(f"[red]{e}")
+        err.print(str(e), style="red", markup=False)
         raise typer.Exit(2)
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]{message}")
+    # soft_wrap: one message, one line, even in logs captured at a narrow width.
+    err.print(message, style="red", soft_wrap=True, markup=False)
     raise typer.Exit(2)
 
 
@@ -204,7 +211,7 @@ def _stage(name: str, params: Path) -> None:
         _fail(str(e))
     except Exception as e:
         if type(e).__name__ == "GateFailed":
-            err.print(f"[red]{e}")
+            err.print(str(e), style="red", soft_wrap=True, markup=False)
             raise typer.Exit(3)
         raise
     console.print_json(data={k: v for k, v in result.items() if not isinstance(v, (list,))} if isinstance(result, dict) else result)
@@ -277,6 +284,9 @@ def _stale_stages(stages: list[str]) -> list[str]:
         _fail(f"dvc status failed: {res.stderr.strip()}")
     status = json.loads(res.stdout or "{}")
     return [s for s in stages if s in status]
+
+
+_add_registry_commands()
 
 
 def main() -> None:

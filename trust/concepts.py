@@ -79,14 +79,31 @@ def build_prompt_sets(concept: ConceptParams, cfg: PromptsParams) -> dict:
         {"prompt": p, "anchor": None, "labels": labels_of(p)} for t in concept.preserve for p, _ in expand(t)
     ]
     out = {"concept": concept.model_dump(mode="json")}
-    for role, rows in (("target", target), ("preserve", preserve)):
-        rows = list({r["prompt"]: r for r in rows}.values())  # de-duplicate, keep order
-        order = rng.permutation(len(rows))[: cfg.max_per_role]
-        rows = [rows[i] for i in sorted(order)]
-        n_eval = max(1, round(len(rows) * cfg.eval_fraction)) if len(rows) > 1 else 0
-        eval_idx = set(rng.choice(len(rows), size=n_eval, replace=False).tolist()) if n_eval else set()
-        out[role] = {
-            "train": [r for i, r in enumerate(rows) if i not in eval_idx] or rows,
-            "eval": [r for i, r in enumerate(rows) if i in eval_idx] or rows,
-        }
+    out["target"] = _split(_dedupe(target), cfg, rng)
+    # Preservation prompts are split per kept concept, so each one has held-out prompts.
+    rows = _dedupe(preserve)
+    groups = [[r for r in rows if _shows(r, want)] for want in concept.keep] or [rows]
+    grouped = {r["prompt"] for g in groups for r in g}
+    groups.append([r for r in rows if r["prompt"] not in grouped])
+    parts = [_split(g, cfg, rng) for g in groups if g]
+    out["preserve"] = {split: [r for p in parts for r in p[split]] for split in ("train", "eval")}
     return out
+
+
+def _shows(row: dict, want: dict[str, str]) -> bool:
+    return all(row["labels"].get(h) == v for h, v in want.items())
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+    return list({r["prompt"]: r for r in rows}.values())
+
+
+def _split(rows: list[dict], cfg: PromptsParams, rng: np.random.Generator) -> dict[str, list[dict]]:
+    """Cap at max_per_role (drawn by seed), then hold out eval_fraction (at least one)."""
+    order = rng.permutation(len(rows))[: cfg.max_per_role]
+    rows = [rows[i] for i in sorted(order)]
+    if len(rows) < 2:
+        return {"train": rows, "eval": rows}
+    n_eval = max(1, round(len(rows) * cfg.eval_fraction))
+    held = set(rng.choice(len(rows), size=n_eval, replace=False).tolist())
+    return {"train": [r for i, r in enumerate(rows) if i not in held], "eval": [r for i, r in enumerate(rows) if i in held]}

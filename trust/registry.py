@@ -1,33 +1,54 @@
 """MLflow model registry: versions of tuned-weights packages, aliases and gates.
 
-A package is a folder (delta.safetensors, pipeline.json, model_card.md, ...). It is copied
-to an immutable, content-addressed folder with a manifest of sha256 hashes (what lineage
-re-checks) and registered with `create_model_version(source=...)`.
+A package is a folder (`delta.safetensors`, `pipeline.json`, `model_card.md`, ...). It is
+copied to a content-addressed folder `<root>/mlartifacts/registry/<name>/<hash16>/` with a
+`manifest.json` of sha256 hashes (what `trust lineage` re-checks) and registered with
+`create_model_version(source=<folder>)`. Every version gets alias `candidate`; `production`
+moves only when every gate passes, so a worse model can never silently replace a good one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from trust.config import GateParams, Params
 from trust.tracking import flatten
 from trust.utils.safetensors_io import write_json
 
+if TYPE_CHECKING:  # type hints only
+    from trust.config import GateParams, Params
+
 MANIFEST = "manifest.json"
+PIPELINE = "pipeline.json"
+DELTA = "delta.safetensors"
 CANDIDATE, PRODUCTION = "candidate", "production"
+MAX_TAG_CHARS = 5000
+REF_FORMS = "NAME@ALIAS (e.g. trust-world-circle@production) or NAME/VERSION (e.g. trust-world-circle/3)"
 
 
-def gate_results(metrics: dict, gates: GateParams) -> dict:
-    drop = max((k["drop"] for k in metrics.get("keep", {}).values()), default=0.0)
+class RegistryError(ValueError):
+    """A registry reference or package that cannot be used; the message says what exists instead."""
+
+
+# -- gates ---------------------------------------------------------------------------
+def gate_results(evaluate_metrics: dict, gates: GateParams) -> dict:
+    """Check `metrics/evaluate.json` against the gates; NaN values fail (never pass by accident)."""
+    if "target_rate" not in evaluate_metrics:
+        raise ValueError("evaluate metrics lack 'target_rate'; expected the shape of metrics/evaluate.json")
+    rate = float(evaluate_metrics["target_rate"])
+    drop = max((float(k["drop"]) for k in (evaluate_metrics.get("keep") or {}).values()), default=0.0)
     out = {
-        "max_target_rate": {"value": metrics["target_rate"], "limit": gates.max_target_rate,
-                            "passed": metrics["target_rate"] <= gates.max_target_rate},
+        "max_target_rate": {"value": rate, "limit": gates.max_target_rate, "passed": rate <= gates.max_target_rate},
         "max_preservation_drop": {"value": drop, "limit": gates.max_preservation_drop,
                                   "passed": drop <= gates.max_preservation_drop},
     }
@@ -35,97 +56,237 @@ def gate_results(metrics: dict, gates: GateParams) -> dict:
     return out
 
 
+def failed_gates(gates: dict) -> list[str]:
+    return [k for k, v in gates.items() if isinstance(v, dict) and not v["passed"]]
+
+
+# -- package hashing -----------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _package_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST)
+
+
+def package_hash(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes, in sorted order (manifest excluded)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in _package_files(folder):
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 def file_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in _package_files(folder)}
 
 
-def package_hash(hashes: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+def check_files(folder: Path) -> list[dict]:
+    """Compare a package folder with its manifest: one row per file (ok/modified/missing/unexpected)."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise RegistryError(f"{folder} has no {MANIFEST}: it was not registered by trust or was tampered with")
+    expected: dict[str, str] = json.loads(manifest_path.read_text())
+    rows = []
+    for rel, want in sorted(expected.items()):
+        p = folder / rel
+        got = sha256_file(p) if p.is_file() else None
+        status = "missing" if got is None else "ok" if got == want else "modified"
+        rows.append({"path": rel, "expected": want, "actual": got, "status": status})
+    for p in _package_files(folder):
+        rel = p.relative_to(folder).as_posix()
+        if rel not in expected:
+            rows.append({"path": rel, "expected": None, "actual": sha256_file(p), "status": "unexpected"})
+    return rows
+
+
+def _store(package_dir: Path, dest: Path) -> None:
+    """Copy the package to `dest` whole or not at all, write its manifest, make files read-only."""
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(package_dir, tmp, ignore=shutil.ignore_patterns(MANIFEST))
+    write_json(file_hashes(tmp), tmp / MANIFEST)
+    for p in tmp.rglob("*"):
+        if p.is_file():
+            p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+# -- registration --------------------------------------------------------------------
+def _tags(lineage: dict, gates: dict, digest: str) -> dict[str, str]:
+    tags = {f"lineage.{k}": str(v)[:MAX_TAG_CHARS] for k, v in flatten(lineage).items()}
+    tags |= {f"gate.{k}": str(v).lower() if isinstance(v, bool) else str(v)
+             for k, v in flatten({g: r for g, r in gates.items() if isinstance(r, dict)}).items()}
+    tags |= {"gates.passed": str(gates["passed"]).lower(), "package_sha256": digest}
+    return tags
 
 
 def register_version(params: Params, root: Path, package_dir: Path, metrics: dict, lineage: dict,
                      run_id: str | None) -> dict:
+    """Register `package_dir` as a new version; `production` moves only if every gate passes.
+
+    A version that fails a gate is still registered (alias `candidate`) so it can be inspected.
+    Call `tracking.configure` first.
+    """
+    package_dir = Path(package_dir)
+    missing = [f for f in (DELTA, PIPELINE) if not (package_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"package {package_dir} lacks {', '.join(missing)}")
     name = params.registry.model_name
-    hashes = file_hashes(package_dir)
-    digest = package_hash(hashes)
-    store = Path(root).resolve() / "mlartifacts" / "registry" / name / digest[:16]
-    if not store.exists():
-        tmp = store.with_name(store.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(package_dir, tmp)
-        write_json(hashes, tmp / MANIFEST)
-        tmp.rename(store)
+    digest = package_hash(package_dir)
+    dest = Path(root).resolve() / "mlartifacts" / "registry" / name / digest[:16]
+    # Content-addressed: an existing copy is reused unless someone changed it since.
+    if not dest.is_dir() or any(r["status"] != "ok" for r in _safe_check(dest)):
+        _store(package_dir, dest)
+
     client = MlflowClient()
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description=f"trust erasure of '{params.concept.name}'")
     gates = gate_results(metrics, params.registry.gates)
-    tags = {f"lineage.{k}": str(v)[:5000] for k, v in flatten(lineage).items()}
-    tags |= {f"gate.{k}": str(v["passed"]).lower() for k, v in gates.items() if isinstance(v, dict)}
-    tags |= {"package_sha256": digest, "gates_passed": str(gates["passed"]).lower()}
-    mv = client.create_model_version(name, source=str(store), run_id=run_id, tags=tags)
+    verdict = "passed" if gates["passed"] else "failed: " + ", ".join(failed_gates(gates))
+    mv = client.create_model_version(name, source=str(dest), run_id=run_id, tags=_tags(lineage, gates, digest),
+                                     description=f"erases '{params.concept.name}'; gates {verdict}")
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
     aliases = [CANDIDATE]
     if gates["passed"]:
         client.set_registered_model_alias(name, PRODUCTION, mv.version)
         aliases.append(PRODUCTION)
     return {"model_name": name, "version": int(mv.version), "aliases": aliases, "gates": gates,
-            "passed": gates["passed"], "source": str(store), "package_sha256": digest}
+            "passed": gates["passed"], "failed_gates": failed_gates(gates), "source": str(dest),
+            "package_sha256": digest}
 
 
-def resolve(ref: str):
-    """`NAME@ALIAS` or `NAME/VERSION` -> ModelVersion."""
+def _safe_check(folder: Path) -> list[dict]:
+    try:
+        return check_files(folder)
+    except (RegistryError, ValueError, OSError):
+        return [{"status": "broken"}]
+
+
+# -- lookup --------------------------------------------------------------------------
+def parse_ref(ref: str) -> tuple[str, str, str]:
+    """`NAME@ALIAS` -> (name, "alias", alias); `NAME/VERSION` -> (name, "version", version)."""
+    if m := re.fullmatch(r"([^@/\s]+)@([A-Za-z0-9_-]+)", ref):
+        return m[1], "alias", m[2]
+    if m := re.fullmatch(r"([^@/\s]+)/(\d+)", ref):
+        return m[1], "version", m[2]
+    raise RegistryError(f"{ref!r} is not a model reference; use {REF_FORMS}")
+
+
+def resolve(ref: str) -> ModelVersion:
+    """The registered version `ref` names; errors list the models, aliases or versions that exist."""
+    name, kind, value = parse_ref(ref)
     client = MlflowClient()
     try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            return client.get_model_version_by_alias(name, alias)
-        if "/" in ref:
-            name, version = ref.rsplit("/", 1)
-            return client.get_model_version(name, version)
-    except MlflowException as e:
-        name = ref.split("@")[0].split("/")[0]
-        try:
-            known = [f"{v.version} (aliases {list(v.aliases)})" for v in client.search_model_versions(f"name='{name}'")]
-        except MlflowException:
-            known = []
-        raise ValueError(f"{ref}: not in the registry ({e.message.splitlines()[0]}); "
-                         f"versions of {name}: {known or 'none'}") from None
-    raise ValueError(f"{ref!r}: expected MODEL@ALIAS (e.g. trust-world-circle@production) or MODEL/VERSION")
+        model = client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models())
+        raise RegistryError(f"{ref}: no registered model {name!r}; registered models: {known or 'none'}") from None
+    if kind == "alias":
+        aliases = dict(model.aliases or {})
+        if value not in aliases:
+            have = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+            raise RegistryError(f"{ref}: model {name!r} has no alias {value!r}; its aliases: {have}")
+        return client.get_model_version(name, aliases[value])
+    try:
+        return client.get_model_version(name, value)
+    except MlflowException:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        raise RegistryError(f"{ref}: model {name!r} has no version {value}; its versions: {versions or 'none'}") from None
 
 
-def load_registered(ref: str, device: str = "cpu"):
-    """Rebuild a ready pipeline's parts: the base model plus the registered delta."""
+def source_folder(mv: ModelVersion) -> Path:
+    """The package folder a version points at (plain path or file:// URI)."""
+    src = mv.source
+    if src.startswith("file:"):
+        return Path(unquote(urlparse(src).path))
+    if "://" in src:
+        raise RegistryError(f"{mv.name}/{mv.version}: source {src} is not a local folder; trust packages are local")
+    return Path(src)
+
+
+def load_registered(ref: str, device: str = "cpu", check: bool = True):
+    """Rebuild the registered pipeline's parts: the recorded base model plus the version's delta.
+
+    The package is checked against its manifest first (`check`), and `apply_delta` refuses a
+    base model whose fingerprint differs from the one the delta was made from.
+    """
     from trust.delta import apply_delta
     from trust.models import load_model
 
-    folder = Path(resolve(ref).source)
-    if not (folder / "pipeline.json").is_file():
-        raise FileNotFoundError(f"{ref}: package folder {folder} is missing or has no pipeline.json")
-    spec = json.loads((folder / "pipeline.json").read_text())
-    parts = load_model(spec["base_model"], device=device)
-    return apply_delta(parts, folder / "delta.safetensors")
+    mv = resolve(ref)
+    folder = source_folder(mv)
+    if not folder.is_dir():
+        raise RegistryError(f"{ref} (v{mv.version}): package folder {folder} does not exist; "
+                            "was the project's mlartifacts/ folder moved or deleted?")
+    if check:
+        bad = [f"{r['path']} ({r['status']})" for r in check_files(folder) if r["status"] != "ok"]
+        if bad:
+            raise RegistryError(f"{ref} (v{mv.version}): package {folder} does not match its manifest: "
+                                f"{', '.join(bad)}; run `trust lineage {ref}`")
+    for f in (PIPELINE, DELTA):
+        if not (folder / f).is_file():
+            raise RegistryError(f"{ref} (v{mv.version}): package {folder} has no {f}")
+    spec = json.loads((folder / PIPELINE).read_text())
+    base = Path(spec.get("base_model", ""))
+    if not spec.get("base_model") or not base.exists():
+        raise RegistryError(f"{ref} (v{mv.version}): base model {str(base)!r} recorded in {folder / PIPELINE} "
+                            f"does not exist (fingerprint {spec.get('base_fingerprint')}); restore it at that path")
+    parts = load_model(base, device=device)
+    return apply_delta(parts, folder / DELTA)
 
 
-def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lineage: dict, grid_paths: list[str]) -> None:
+# -- model card ----------------------------------------------------------------------
+def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lineage: dict,
+                     grid_paths: list[str]) -> None:
+    """The human-readable record shipped inside the package: what was erased, how well, from what.
+
+    `grid_paths` are image paths relative to the card's folder.
+    """
     c = params.concept
-    lines = [f"# Erasure of '{c.name}' ({c.kind}) with {lineage.get('method')}", "",
-             f"Base model `{lineage.get('base_model')}` (fingerprint `{lineage.get('base_fingerprint')}`).", "",
-             "## Metrics (no attack)", "", "| concept | base | erased | change |", "|---|---|---|---|",
-             f"| target {c.detect} | {metrics['target_rate_base']:.2f} | {metrics['target_rate']:.2f} | "
-             f"{metrics['target_rate'] - metrics['target_rate_base']:+.2f} |"]
-    for k, v in metrics.get("keep", {}).items():
-        lines.append(f"| kept {k} | {v['base']:.2f} | {v['tuned']:.2f} | {-v['drop']:+.2f} |")
+    method = lineage.get("method") or params.finetune.method
+    rate = lambda x: f"{float(x):.3f}"  # noqa: E731
+    lines = [
+        f"# Erasure of '{c.name}' with {method}", "",
+        f"Concept kind: {c.kind}; detected as {c.detect}. Registered model name: `{params.registry.model_name}`.", "",
+        "## Metrics", "", "| concept | base | tuned | drop |", "|---|---|---|---|",
+        f"| target ({c.name}) | {rate(metrics['target_rate_base'])} | {rate(metrics['target_rate'])} | |",
+    ]
+    for k, v in (metrics.get("keep") or {}).items():
+        lines.append(f"| kept: {k} | {rate(v['base'])} | {rate(v['tuned'])} | {rate(v['drop'])} |")
     lines += ["", "## Gates", "", "| gate | value | limit | result |", "|---|---|---|---|"]
     for k, v in gates.items():
         if isinstance(v, dict):
-            lines.append(f"| {k} | {v['value']:.3f} | {v['limit']} | {'pass' if v['passed'] else 'FAIL'} |")
-    lines += ["", "## Lineage", "", f"- git commit: `{lineage.get('git_commit')}`",
-              f"- prompts: `{lineage.get('prompts_file')}`"]
-    lines += [f"- DVC stage `{s}`: `{h}`" for s, h in sorted(lineage.get("dvc", {}).items())]
-    lines += ["", "## Fine-tuning parameters", "", "```json",
-              json.dumps(lineage.get("params", {}).get("finetune", {}), indent=2), "```", ""]
-    lines += [f"![{g}]({g})" for g in grid_paths]
-    Path(path).write_text("\n".join(lines) + "\n")
+            lines.append(f"| {k} | {rate(v['value'])} | {v['limit']} | {'pass' if v['passed'] else '**FAIL**'} |")
+    lines += ["", f"Overall: {'passed' if gates.get('passed') else '**failed** (production alias not moved)'}", ""]
+    lines += ["## Lineage", "",
+              f"- base model: `{lineage.get('base_model', params.model.base)}`",
+              f"- base fingerprint: `{lineage.get('base_fingerprint')}`",
+              f"- git commit: `{lineage.get('git_commit')}`"]
+    lines += [f"- DVC stage `{s}`: `{h}`" for s, h in sorted((lineage.get("dvc") or {}).items())]
+    lines += ["", "### Fine-tuning parameters", "", "```json",
+              json.dumps(params.finetune.model_dump(mode="json"), indent=2, sort_keys=True), "```", ""]
+    if grid_paths:
+        lines += ["## Images", ""]
+        lines += [f"![{Path(g).stem}]({Path(g).as_posix()})" for g in grid_paths]
+        lines.append("")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines))
+
+
+__all__ = ["RegistryError", "gate_results", "register_version", "resolve", "load_registered", "write_model_card",
+           "check_files", "package_hash", "source_folder", "parse_ref"]

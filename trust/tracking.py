@@ -1,141 +1,246 @@
-"""MLflow tracking: one parent run per flow run, one nested run per stage that ran.
+"""MLflow tracking: one parent run per pipeline (flow) run, one nested run per stage.
 
-The store defaults to the project (`sqlite:///<root>/mlflow.db`, artifacts in
-`<root>/mlartifacts`); MLFLOW_TRACKING_URI overrides. Stages run as subprocesses of DVC, so
-the parent run id travels in the environment (TRUST_PARENT_RUN_ID).
+Stages run as separate processes (DVC, Prefect), so the parent is handed down through the
+environment (`TRUST_PARENT_RUN_ID`), not through MLflow's in-process run stack. Every run is
+tagged with what identifies its inputs (git commit, the stage's dvc.lock hash, the base-model
+fingerprint), so a registered model can be traced back to code, data and parameters.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import mlflow
 import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, RunStatus
 
-from trust.config import Params, TrackingParams
+if TYPE_CHECKING:  # trust.config imports torch; tracking must stay light for stage subprocesses
+    from trust.config import Params, TrackingParams
 
 PARENT_ENV = "TRUST_PARENT_RUN_ID"
 PREFECT_ENV = "TRUST_PREFECT_FLOW_RUN_ID"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 
-def configure(tracking: TrackingParams, root: Path) -> str:
-    root = Path(root).resolve()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(tracking.experiment) is None:
-        local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-        mlflow.create_experiment(tracking.experiment,
-                                 artifact_location=(root / "mlartifacts").as_uri() if local else None)
-    mlflow.set_experiment(tracking.experiment)
-    return uri
-
-
+# -- helpers -------------------------------------------------------------------------
 def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
+    """`{"a": {"b": 1, "c": [2]}}` -> `{"a.b": 1, "a.c": "[2]"}`: MLflow params, metrics and tags are flat."""
+    out: dict = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
+        key = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
+            out.update(flatten(v, key))
         else:
             out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else v
     return out
 
 
+def _param_value(v) -> str:
+    return str(v)[:MAX_PARAM_CHARS]
+
+
+def _number(v) -> float | None:
+    """Metric value or None: MLflow metrics are floats; strings, None and containers are skipped."""
+    return float(v) if isinstance(v, numbers.Number) and not isinstance(v, complex) else None
+
+
+def git_info(root: Path) -> dict[str, str]:
+    """Commit and dirtiness of the checkout at `root`; "unknown" outside a git repository.
+
+    `--no-optional-locks` keeps `git status` from rewriting the index while others work in it.
+    """
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args],
+                               capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git.commit": commit, "git.dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
 def git_commit(root: Path) -> str:
-    res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    return res.stdout.strip() if res.returncode == 0 else "unknown"
+    return git_info(root)["git.commit"]
 
 
 def git_dirty(root: Path) -> bool:
-    res = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
-    return bool(res.stdout.strip())
+    return git_info(root)["git.dirty"] == "true"
 
 
 def dvc_stage_hashes(root: Path) -> dict[str, str]:
-    """md5 of each stage's dvc.lock entry: changes whenever its deps, params or outs change."""
+    """md5 of each stage's entry in dvc.lock: changes whenever the stage's cmd, deps, params or outs do."""
     lock = Path(root) / "dvc.lock"
     if not lock.is_file():
         return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
     return {name: hashlib.md5(json.dumps(entry, sort_keys=True).encode()).hexdigest() for name, entry in stages.items()}
 
 
-def _tags(root: Path, stage: str | None, base_fingerprint: str | None) -> dict[str, str]:
-    tags = {"git.commit": git_commit(root), "git.dirty": str(git_dirty(root)).lower()}
-    if stage:
-        tags["trust.stage"] = stage
-        h = dvc_stage_hashes(root).get(stage)
-        if h:
-            tags["dvc.stage_hash"] = h
-    if base_fingerprint:
-        tags["trust.base_fingerprint"] = base_fingerprint
+def dvc_stage_hash(root: Path, stage: str) -> str | None:
+    return dvc_stage_hashes(root).get(stage)
+
+
+# -- configuration -------------------------------------------------------------------
+def _is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def configure(tracking: TrackingParams, root: Path) -> str:
+    """Point MLflow at the project's store and experiment; returns the tracking URI.
+
+    The default store and artifact folder live inside the project, so a run on a laptop
+    needs no server and leaves nothing elsewhere on disk.
+    """
+    root = Path(root).resolve()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(tracking.experiment)
+    if exp is None:
+        location = (root / "mlartifacts").as_uri() if _is_local_store(uri) else None
+        exp_id = client.create_experiment(tracking.experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp_id)
+    mlflow.set_experiment(experiment_id=exp_id)
+    return uri
+
+
+# -- runs ----------------------------------------------------------------------------
+def _common_tags(root: Path) -> dict[str, str]:
+    tags = git_info(root)
     if os.environ.get(PREFECT_ENV):
         tags["prefect.flow_run_id"] = os.environ[PREFECT_ENV]
     return tags
 
 
+@contextmanager
+def _ended(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
+    """End the run FINISHED, or FAILED/KILLED when the block raises (the exception propagates)."""
+    run_id = active.info.run_id
+    try:
+        yield active
+    except KeyboardInterrupt:
+        _end(run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        _end(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    _end(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _end(run_id: str, status: str) -> None:
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        mlflow.end_run(status)
+    else:  # not on this thread's stack any more: end it through the client
+        MlflowClient().set_terminated(run_id, status)
+
+
+@contextmanager
+def flow_run(name: str, params: Params, root: Path) -> Iterator[mlflow.ActiveRun]:
+    """Parent run for one pipeline run; stage processes started inside nest under it."""
+    root = Path(root).resolve()
+    configure(params.tracking, root)
+    tags = {"trust.flow": name, "trust.concept": params.concept.name, "trust.base_model": str(params.model.base),
+            **_common_tags(root)}
+    active = mlflow.start_run(run_name=name, tags=tags)
+    previous = os.environ.get(PARENT_ENV)
+    os.environ[PARENT_ENV] = active.info.run_id
+    try:
+        with _ended(active):
+            dump = params.model_dump(mode="json", by_alias=True)
+            mlflow.log_params({k: _param_value(v) for k, v in flatten(dump).items()})
+            yield active
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = previous
+
+
 class StageRun:
-    def __init__(self, run):
-        self._run = run
+    """What a stage logs to its run; every call names the run explicitly (no global state)."""
+
+    def __init__(self, run_id: str):
+        self._run_id = run_id
+        self._client = MlflowClient()
 
     @property
     def run_id(self) -> str:
-        return self._run.info.run_id
+        return self._run_id
+
+    def _log(self, metrics: list[Metric]) -> None:
+        for i in range(0, len(metrics), BATCH):
+            self._client.log_batch(self._run_id, metrics=metrics[i : i + BATCH])
 
     def log_metrics(self, d: dict, step: int | None = None) -> None:
-        nums = {k: float(v) for k, v in flatten(d).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
-        if nums:
-            mlflow.log_metrics(nums, step=step)
+        """Nested dicts become dotted names; values that are not numbers are skipped."""
+        now = int(time.time() * 1000)
+        items = [(k, _number(v)) for k, v in flatten(d).items()]
+        self._log([Metric(k, v, now, step or 0) for k, v in items if v is not None])
 
     def log_curve(self, name: str, values: list[float]) -> None:
-        for i, v in enumerate(values):
-            mlflow.log_metric(name, float(v), step=i + 1)
+        """A training curve: value i at step i."""
+        now = int(time.time() * 1000)
+        self._log([Metric(name, float(v), now, i) for i, v in enumerate(values) if not math.isnan(float(v))])
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=subdir or path.name)
+            self._client.log_artifacts(self._run_id, str(path), artifact_path=subdir or path.name)
         elif path.is_file():
-            mlflow.log_artifact(str(path), artifact_path=subdir)
+            self._client.log_artifact(self._run_id, str(path), artifact_path=subdir)
+        else:
+            raise FileNotFoundError(f"artifact {path} does not exist")
 
 
 @contextmanager
-def flow_run(name: str, params: Params, root: Path):
-    """Parent run of a flow; its id is exported so stage subprocesses nest under it."""
-    root = Path(root).resolve()
-    previous = os.environ.get(PARENT_ENV)
-    with mlflow.start_run(run_name=name, tags=_tags(root, None, None) | {"trust.flow": name}) as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(params.model_dump(mode="json", by_alias=True)).items()})
-        os.environ[PARENT_ENV] = run.info.run_id
-        try:
-            yield run
-        finally:
-            if previous is None:
-                os.environ.pop(PARENT_ENV, None)
-            else:
-                os.environ[PARENT_ENV] = previous
+def stage_run(stage: str, section: dict, root: Path, base_fingerprint: str | None = None) -> Iterator[StageRun]:
+    """One stage's run, nested under `TRUST_PARENT_RUN_ID` when set, else standalone.
 
-
-@contextmanager
-def stage_run(stage: str, section: dict, root: Path, base_fingerprint: str | None = None):
-    """A stage's run: nested under the flow's parent run when there is one."""
+    Call `configure` first (the stage CLI does). `section` is the stage's params section,
+    logged as params so runs can be compared on exactly what the stage read.
+    """
     root = Path(root).resolve()
+    tags = {"trust.stage": stage, **_common_tags(root)}
+    stage_hash = dvc_stage_hash(root, stage)
+    if stage_hash:
+        tags["dvc.stage_hash"] = stage_hash
+    if base_fingerprint:
+        tags["trust.base_fingerprint"] = base_fingerprint
+
     parent = os.environ.get(PARENT_ENV)
-    tags = _tags(root, stage, base_fingerprint)
-    in_process = mlflow.active_run() is not None
-    if parent and not in_process:  # a stage subprocess: attach to the flow's run by tag
-        tags["mlflow.parentRunId"] = parent
-    run = mlflow.start_run(run_name=stage, tags=tags, nested=in_process)
-    try:
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(section).items()})
-        yield StageRun(run)
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run(status="FINISHED")
+    if mlflow.active_run() is not None:  # in the flow's own process: nest under the active run
+        active = mlflow.start_run(run_name=stage, nested=True, tags=tags)
+    elif parent:
+        # A stage subprocess (DVC, Prefect): the parent is known only from the environment.
+        # The child goes into the parent's experiment so the run tree stays in one place.
+        exp_id = MlflowClient().get_run(parent).info.experiment_id
+        active = mlflow.start_run(run_name=stage, parent_run_id=parent, experiment_id=exp_id, tags=tags)
+    else:
+        active = mlflow.start_run(run_name=stage, tags=tags)
+
+    with _ended(active):
+        flat = flatten(section)
+        if flat:
+            mlflow.log_params({k: _param_value(v) for k, v in flat.items()})
+        yield StageRun(active.info.run_id)

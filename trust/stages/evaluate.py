@@ -46,10 +46,15 @@ def run(params: Params, root: Path) -> dict:
     classifier = ConceptClassifier.load(root / params.world.classifier_dir)
     sets = prompts.load(root)
     target = [r["prompt"] for r in sets["target"]["eval"]][: ev.max_prompts]
-    # TRUST trains on no preservation prompt, so all of them are held out for evaluation.
-    preserve = [r for split in ("train", "eval") for r in sets["preserve"][split]]
-    preserve = [r for r in preserve if any(all(r["labels"].get(h) == v for h, v in k.items()) for k in concept.keep)]
-    preserve_prompts = [r["prompt"] for r in preserve][: ev.max_prompts * max(1, len(concept.keep))]
+    # Held-out prompts only: the preservation term (if on) trains on the others.
+    preserve = sets["preserve"]["eval"]
+    # Up to max_prompts prompts for every kept concept, so each one is measured.
+    preserve_prompts = []
+    for want in concept.keep:
+        shows = [r["prompt"] for r in preserve if all(r["labels"].get(h) == v for h, v in want.items())]
+        if not shows:
+            raise ValueError(f"concept.keep {want}: no preservation prompt shows it; add one to concept.preserve")
+        preserve_prompts += [p for p in shows if p not in preserve_prompts][: ev.max_prompts]
     all_prompts = target + preserve_prompts
     prompts_rep = [p for p in all_prompts for _ in range(ev.samples_per_prompt)]
     seeds = [ev.seed * 1_000_003 + i for i in range(len(prompts_rep))]

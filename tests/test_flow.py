@@ -1,0 +1,110 @@
+"""The `unlearn` flow end to end on the built-in world, with a tiny step budget.
+
+Runs `trust run` (Prefect ephemeral server, DVC stages, MLflow store) in a scratch git copy
+of the project; the tests share it and run in file order.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {
+    "finetune": {"steps": 4, "references": 4, "batch_size": 4, "checkpoint_every": 2},
+    "evaluate": {"samples_per_prompt": 1, "max_prompts": 1, "steps": 5},
+    "localize": {"batch_size": 4},
+    "register": {"gates": {"max_target_rate": 1.0, "max_preservation_drop": 1.0}},
+}
+
+
+def _edit(project: Path, updates: dict) -> None:
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in updates.items():
+        for k, v in values.items():
+            p[section][k] = v
+    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def _run(project: Path) -> tuple[int, str, list[str]]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(PATH=str(Path(sys.executable).parent) + os.pathsep + env["PATH"], PREFECT_HOME=str(project / ".prefect"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+               DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", TRUST_NUM_THREADS="1")
+    res = subprocess.run([str(Path(sys.executable).parent / "trust"), "run"], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=900)
+    out = res.stdout + res.stderr
+    return res.returncode, out, re.findall(r"Running stage '([a-z_]+)'", out)
+
+
+def _client(project: Path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return MlflowClient()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, root):
+    dest = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / f, dest / f)
+    _edit(dest, TINY)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=ci@trust", "-c", "user.name=ci", "commit", "-qm", "scratch"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+def test_full_flow_runs_every_stage_and_registers(project):
+    code, out, ran = _run(project)
+    assert code == 0, out[-3000:]
+    assert ran == ["prompts", "localize", "finetune", "evaluate", "register"]  # world stages: shipped, up to date
+    client = _client(project)
+    mv = client.get_model_version_by_alias("trust-world-circle", "production")
+    assert str(mv.version) == "1" and set(mv.aliases) == {"candidate", "production"}
+    parent = client.search_runs(client.get_experiment_by_name("trust").experiment_id,
+                                filter_string="tags.`trust.flow` = 'unlearn'")
+    assert len(parent) == 1
+    children = client.search_runs(parent[0].info.experiment_id,
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
+    assert sorted(r.data.tags["trust.stage"] for r in children) == sorted(ran)
+    assert all(r.data.tags["trust.base_fingerprint"].startswith("sha256:") for r in children if r.data.tags["trust.stage"] != "prompts")
+    assert (project / "outputs" / "register" / "model_card.md").is_file()
+
+
+def test_second_run_with_nothing_changed_skips_every_stage(project):
+    code, out, ran = _run(project)
+    assert code == 0, out[-3000:]
+    assert ran == []
+    assert "stages run: none" in out
+
+
+def test_changing_a_finetune_parameter_reruns_exactly_downstream(project):
+    _edit(project, {"finetune": {"lr": 0.004}})
+    code, out, ran = _run(project)
+    assert code == 0, out[-3000:]
+    assert ran == ["finetune", "evaluate", "register"]
+    assert str(_client(project).get_model_version_by_alias("trust-world-circle", "production").version) == "2"
+
+
+def test_failed_gate_leaves_production_where_it_was(project):
+    _edit(project, {"register": {"gates": {"max_target_rate": 0.0, "max_preservation_drop": 0.0}}})
+    code, out, ran = _run(project)
+    assert code != 0
+    assert set(ran) == {"register"}
+    text = " ".join(out.split())
+    assert "failed gate(s): max_target_rate" in text and "production unchanged" in text
+    client = _client(project)
+    assert str(client.get_model_version_by_alias("trust-world-circle", "production").version) == "2"
+    assert str(client.get_model_version_by_alias("trust-world-circle", "candidate").version) == "3"
+    # One attempt only: a failed gate is a verdict, not a transient failure to retry.
+    assert len(client.search_model_versions("name='trust-world-circle'")) == 3

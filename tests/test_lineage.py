@@ -1,0 +1,87 @@
+"""Lineage: a version traces back to its runs and base model; tampered packages are caught."""
+
+import typer
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from test_registry import GOOD, NAME, base, lineage_of, make_package, params, store  # noqa: F401 (fixtures)
+from trust import registry, tracking
+from trust.cli_registry import add_commands
+from trust.lineage import format_lineage, lineage, verify
+
+
+def register_in_flow(store, base) -> tuple[dict, str]:
+    """A flow parent with a finetune stage run and the register stage run that made the version."""
+    with tracking.flow_run("unlearn", params(), store) as parent:
+        with tracking.stage_run("finetune", {"lr": 0.003}, store, base_fingerprint=base["fingerprint"]):
+            pass
+        with tracking.stage_run("register", {"model_name": NAME}, store) as run:
+            result = registry.register_version(params(), store, make_package(store / "pkg", base), GOOD,
+                                               lineage_of(base), run_id=run.run_id)
+    return result, parent.info.run_id
+
+
+def test_lineage_chain(store, base):
+    result, parent_id = register_in_flow(store, base)
+    d = lineage(f"{NAME}@production")
+    assert d["version"]["name"] == NAME and d["version"]["version"] == 1
+    assert d["version"]["aliases"] == ["candidate", "production"] and d["version"]["source"] == result["source"]
+    assert d["run"]["stage"] == "register" and d["parent_run"]["run_id"] == parent_id
+    assert [s["stage"] for s in d["stage_runs"]] == ["finetune", "register"]
+    assert all(s["git_commit"] == "unknown" for s in d["stage_runs"])
+    assert d["params"] == {"model_name": NAME}
+    assert d["base_fingerprint"] == base["fingerprint"] and d["base_model"] == str(base["dir"])
+    assert set(d["files"]) == {"delta.safetensors", "pipeline.json", "model_card.md"}
+    assert all(len(h) == 64 for h in d["files"].values())
+    text = format_lineage(d)
+    assert f"model {NAME} version 1" in text and base["fingerprint"] in text and "stage finetune" in text
+    assert MlflowClient().get_run(parent_id).info.status == "FINISHED"
+
+
+def test_verify_detects_modified_and_missing(store, base):
+    result, _ = register_in_flow(store, base)
+    assert {r["status"] for r in verify(f"{NAME}/1")} == {"ok"}
+    folder = registry.source_folder(registry.resolve(f"{NAME}/1"))
+    (folder / "delta.safetensors").chmod(0o644)
+    with open(folder / "delta.safetensors", "ab") as f:
+        f.write(b"\0")
+    (folder / "pipeline.json").unlink()
+    rows = {r["path"]: r for r in verify(f"{NAME}/1")}
+    assert rows["delta.safetensors"]["status"] == "modified"
+    assert rows["delta.safetensors"]["actual"] != rows["delta.safetensors"]["expected"]
+    assert rows["pipeline.json"]["status"] == "missing" and rows["pipeline.json"]["actual"] is None
+    assert rows["model_card.md"]["status"] == "ok"
+
+
+def test_cli_lineage_exit_codes(store, base, monkeypatch):
+    register_in_flow(store, base)
+    monkeypatch.chdir(store)
+    (store / "params.yaml").write_text("tracking:\n  experiment: t\n")
+    app = typer.Typer()
+    add_commands(app)
+    runner = CliRunner()
+
+    ok = runner.invoke(app, ["lineage", f"{NAME}@production"])
+    assert ok.exit_code == 0, ok.output
+    assert "all 3 package files match" in ok.output and base["fingerprint"] in ok.output
+
+    card = registry.source_folder(registry.resolve(f"{NAME}@production")) / "model_card.md"
+    card.chmod(0o644)
+    card.write_text("# a better-looking card\n")
+    bad = runner.invoke(app, ["lineage", f"{NAME}@production"])
+    assert bad.exit_code == 1 and "model_card.md (modified)" in bad.output
+
+    wrong = runner.invoke(app, ["lineage", f"{NAME}@staging"])
+    assert wrong.exit_code == 2 and "no alias 'staging'" in wrong.output
+
+
+def test_cli_load_generates_a_grid(store, base, monkeypatch):
+    registry.register_version(params(), store, make_package(store / "pkg", base), GOOD, lineage_of(base), None)
+    monkeypatch.chdir(store)
+    (store / "params.yaml").write_text("evaluate:\n  steps: 2\n")
+    app = typer.Typer()
+    add_commands(app)
+    out = CliRunner().invoke(app, ["load", f"{NAME}@production", "--prompt", "a red circle", "--out", "g.png"])
+    assert out.exit_code == 0, out.output
+    assert (store / "g.png").is_file() and "tuned fingerprint sha256:" in out.output
+    assert CliRunner().invoke(app, ["load", "not a ref"]).exit_code == 2

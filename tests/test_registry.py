@@ -1,0 +1,152 @@
+"""Model registry: gates decide `production`, references resolve, packages rebuild the tuned UNet."""
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from tiny_models import tiny_sd_parts
+from trust import registry, tracking
+from trust.config import GateParams, Params, TrackingParams
+from trust.delta import save_delta
+from trust.models import load_model, save_model
+
+NAME = "tiny-circle"
+GOOD = {"target_rate_base": 0.9, "target_rate": 0.05,
+        "keep": {"square": {"base": 0.8, "tuned": 0.78, "drop": 0.02}, "cross": {"base": 0.7, "tuned": 0.68, "drop": 0.02}}}
+BAD = {"target_rate_base": 0.9, "target_rate": 0.5, "keep": {"square": {"base": 0.8, "tuned": 0.79, "drop": 0.01}}}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, world_tokenizer):
+    """A saved tiny SD base model and a delta that changes its cross-attention queries."""
+    d = tmp_path_factory.mktemp("base")
+    save_model(tiny_sd_parts(world_tokenizer), d / "base")
+    parts = load_model(d / "base")
+    before = {k: v.clone() for k, v in parts.unet.state_dict().items()}
+    tuned = {k: v + 0.01 * torch.randn_like(v) if "attn2.to_q" in k else v.clone() for k, v in before.items()}
+    fp = parts.fingerprint()
+    save_delta(before, tuned, d / "delta.safetensors", {"base_fingerprint": fp, "method": "trust"})
+    return {"dir": d / "base", "delta": d / "delta.safetensors", "tuned": tuned, "fingerprint": fp}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    tracking.configure(TrackingParams(experiment="t"), tmp_path)
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def params() -> Params:
+    return Params.model_validate({"register": {"model_name": NAME}})
+
+
+def make_package(folder: Path, base: dict, note: str = "", base_model: str | None = None) -> Path:
+    """What the register stage hands over: delta, pipeline.json, model card."""
+    folder.mkdir(parents=True)
+    shutil.copy(base["delta"], folder / "delta.safetensors")
+    (folder / "pipeline.json").write_text(json.dumps({
+        "base_model": base_model or str(base["dir"]), "base_fingerprint": base["fingerprint"], "method": "trust"}))
+    (folder / "model_card.md").write_text(f"# card {note}\n")
+    return folder
+
+
+def lineage_of(base: dict) -> dict:
+    return {"base_model": str(base["dir"]), "base_fingerprint": base["fingerprint"], "git_commit": "abc",
+            "method": "trust", "dvc": {"finetune": "f" * 32, "evaluate": "e" * 32}}
+
+
+def test_gate_results():
+    g = registry.gate_results(GOOD, GateParams())
+    assert g["passed"] and g["max_target_rate"] == {"value": 0.05, "limit": 0.1, "passed": True}
+    assert g["max_preservation_drop"]["value"] == pytest.approx(0.02)
+    g = registry.gate_results({**GOOD, "keep": {"sq": {"base": 0.9, "tuned": 0.5, "drop": 0.4}}}, GateParams())
+    assert not g["passed"] and not g["max_preservation_drop"]["passed"] and g["max_target_rate"]["passed"]
+    assert registry.gate_results({"target_rate_base": 1, "target_rate": 0.0}, GateParams())["max_preservation_drop"]["value"] == 0
+    assert not registry.gate_results({"target_rate": float("nan")}, GateParams())["passed"]
+
+
+def test_failed_gate_leaves_production_on_previous_version(store, base):
+    with tracking.stage_run("register", {"model_name": NAME}, store) as run:
+        r1 = registry.register_version(params(), store, make_package(store / "p1", base, "one"), GOOD,
+                                       lineage_of(base), run_id=run.run_id)
+    assert r1["passed"] and r1["version"] == 1 and r1["aliases"] == ["candidate", "production"]
+    src = Path(r1["source"])
+    assert src.parent == (store / "mlartifacts" / "registry" / NAME).resolve() and src.name == r1["package_sha256"][:16]
+    manifest = json.loads((src / "manifest.json").read_text())
+    assert set(manifest) == {"delta.safetensors", "pipeline.json", "model_card.md"}
+    assert not (src / "delta.safetensors").stat().st_mode & 0o222
+
+    r2 = registry.register_version(params(), store, make_package(store / "p2", base, "two"), BAD, lineage_of(base), None)
+    assert not r2["passed"] and r2["aliases"] == ["candidate"] and r2["failed_gates"] == ["max_target_rate"]
+    assert r2["gates"]["max_target_rate"] == {"value": 0.5, "limit": 0.1, "passed": False}
+    assert r2["package_sha256"] != r1["package_sha256"]
+    assert int(registry.resolve(f"{NAME}@production").version) == 1
+    assert int(registry.resolve(f"{NAME}@candidate").version) == 2
+
+    v1 = registry.resolve(f"{NAME}/1")
+    assert v1.run_id == run.run_id and list(v1.aliases) == ["production"]  # candidate moved on
+    assert v1.tags["lineage.base_fingerprint"] == base["fingerprint"]
+    assert v1.tags["lineage.dvc.finetune"] == "f" * 32 and v1.tags["lineage.git_commit"] == "abc"
+    assert v1.tags["gate.max_target_rate.passed"] == "true" and v1.tags["package_sha256"] == r1["package_sha256"]
+    assert registry.resolve(f"{NAME}/2").tags["gates.passed"] == "false"
+
+    # Same content again: the immutable copy is reused, a new version still made.
+    r3 = registry.register_version(params(), store, make_package(store / "p3", base, "one"), GOOD, lineage_of(base), None)
+    assert r3["source"] == r1["source"] and r3["version"] == 3
+    assert int(registry.resolve(f"{NAME}@production").version) == 3
+
+
+def test_resolve_errors(store, base):
+    registry.register_version(params(), store, make_package(store / "p", base), GOOD, lineage_of(base), None)
+    with pytest.raises(ValueError, match="NAME@ALIAS .* or NAME/VERSION"):
+        registry.resolve(NAME)
+    with pytest.raises(ValueError, match="no alias 'staging'.*candidate -> v1.*production -> v1"):
+        registry.resolve(f"{NAME}@staging")
+    with pytest.raises(ValueError, match=r"no version 7; its versions: \[1\]"):
+        registry.resolve(f"{NAME}/7")
+    with pytest.raises(ValueError, match=f"no registered model 'nope'.*{NAME}"):
+        registry.resolve("nope@production")
+
+
+def test_load_registered_reproduces_tuned_unet(store, base):
+    registry.register_version(params(), store, make_package(store / "p", base), GOOD, lineage_of(base), None)
+    parts = registry.load_registered(f"{NAME}@production")
+    state = parts.unet.state_dict()
+    assert state.keys() == base["tuned"].keys()
+    assert all(torch.equal(state[k], base["tuned"][k]) for k in state)
+
+
+def test_load_registered_clear_errors(store, base):
+    r = registry.register_version(params(), store, make_package(store / "p1", base, base_model=str(store / "gone")),
+                                  GOOD, lineage_of(base), None)
+    with pytest.raises(registry.RegistryError, match="base model .*gone.* does not exist"):
+        registry.load_registered(f"{NAME}/1")
+    registry.register_version(params(), store, make_package(store / "p2", base), GOOD, lineage_of(base), None)
+    card = Path(registry.resolve(f"{NAME}/2").source) / "model_card.md"
+    card.chmod(0o644)
+    card.write_text("edited")
+    with pytest.raises(registry.RegistryError, match="model_card.md \\(modified\\)"):
+        registry.load_registered(f"{NAME}/2")
+    shutil.rmtree(r["source"])
+    with pytest.raises(registry.RegistryError, match="package folder .* does not exist"):
+        registry.load_registered(f"{NAME}/1")
+
+
+def test_model_card(tmp_path, base):
+    gates = registry.gate_results(BAD, GateParams())
+    path = tmp_path / "model_card.md"
+    registry.write_model_card(path, params(), BAD, gates, lineage_of(base), ["before_after.png"])
+    text = path.read_text()
+    assert "# Erasure of 'circle' with trust" in text
+    assert "| target (circle) | 0.900 | 0.500 |" in text and "| kept: square | 0.800 | 0.790 | 0.010 |" in text
+    assert "| max_target_rate | 0.500 | 0.1 | **FAIL** |" in text and "| max_preservation_drop | 0.010 | 0.1 | pass |" in text
+    assert base["fingerprint"] in text and "DVC stage `finetune`" in text and '"lr":' in text
+    assert "![before_after](before_after.png)" in text

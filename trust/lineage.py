@@ -1,0 +1,100 @@
+"""Lineage for auditors: from a registered version back to the runs, code, data and base model.
+
+`lineage` collects what the registry and tracking store recorded; `verify` re-hashes the
+package so a reviewer can tell whether the files on disk are still the ones registered.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from trust.registry import MANIFEST, PIPELINE, check_files, resolve, source_folder
+from trust.tracking import PARENT_TAG
+
+
+def _when(ms: int | None) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds") if ms else None
+
+
+def _run_row(run) -> dict:
+    t = run.data.tags
+    return {"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
+            "stage": t.get("trust.stage"), "dvc_stage_hash": t.get("dvc.stage_hash"), "git_commit": t.get("git.commit"),
+            "start": _when(run.info.start_time)}
+
+
+def lineage(ref: str) -> dict:
+    """Version -> creating run -> its parent (flow) run and sibling stage runs -> package files -> base."""
+    mv = resolve(ref)
+    client = MlflowClient()
+    folder = source_folder(mv)
+    out: dict = {
+        "version": {"name": mv.name, "version": int(mv.version), "aliases": sorted(mv.aliases or []),
+                    "created": _when(mv.creation_timestamp), "source": str(folder), "tags": dict(mv.tags or {})},
+        "run": None, "parent_run": None, "stage_runs": [], "params": {},
+    }
+    if mv.run_id:
+        try:
+            run = client.get_run(mv.run_id)
+        except MlflowException:
+            out["run"] = {"run_id": mv.run_id, "error": "run not found in the tracking store"}
+        else:
+            out["run"] = _run_row(run)
+            out["params"] = dict(run.data.params)
+            parent_id = run.data.tags.get(PARENT_TAG)
+            if parent_id:
+                try:
+                    parent = client.get_run(parent_id)
+                    out["parent_run"] = {"run_id": parent_id, "name": parent.info.run_name, "status": parent.info.status,
+                                         "prefect_flow_run_id": parent.data.tags.get("prefect.flow_run_id")}
+                except MlflowException:
+                    out["parent_run"] = {"run_id": parent_id, "error": "parent run not found"}
+                siblings = client.search_runs([run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                                              order_by=["attributes.start_time ASC"])
+                out["stage_runs"] = [_run_row(r) for r in siblings]
+    manifest = folder / MANIFEST
+    out["files"] = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    pipeline = folder / PIPELINE
+    spec = json.loads(pipeline.read_text()) if pipeline.is_file() else {}
+    out["base_model"] = spec.get("base_model") or mv.tags.get("lineage.base_model")
+    out["base_fingerprint"] = spec.get("base_fingerprint") or mv.tags.get("lineage.base_fingerprint")
+    out["method"] = spec.get("method") or mv.tags.get("lineage.method")
+    return out
+
+
+def verify(ref: str) -> list[dict]:
+    """Re-hash the version's package: rows {path, expected, actual, status: ok|modified|missing|unexpected}."""
+    return check_files(source_folder(resolve(ref)))
+
+
+def format_lineage(d: dict) -> str:
+    v = d["version"]
+    lines = [f"model {v['name']} version {v['version']}  aliases: {', '.join(v['aliases']) or 'none'}",
+             f"  created {v['created']}", f"  package {v['source']}",
+             f"  package sha256 {v['tags'].get('package_sha256', '?')}",
+             f"  gates passed: {v['tags'].get('gates.passed', '?')}",
+             f"base model {d.get('base_model')}", f"  fingerprint {d.get('base_fingerprint')}",
+             f"  method {d.get('method')}"]
+    run = d.get("run")
+    if run:
+        lines.append(f"registered by run {run['run_id']} ({run.get('name')}, {run.get('status')}, "
+                     f"git {run.get('git_commit')})" if "error" not in run else f"run {run['run_id']}: {run['error']}")
+    else:
+        lines.append("registered outside a tracked run (no run id)")
+    parent = d.get("parent_run")
+    if parent:
+        extra = f", prefect flow run {parent['prefect_flow_run_id']}" if parent.get("prefect_flow_run_id") else ""
+        lines.append(f"flow run {parent['run_id']} ({parent.get('name', parent.get('error'))}{extra})")
+        for s in d.get("stage_runs", []):
+            lines.append(f"  stage {s['stage'] or s['name']:<10} run {s['run_id']}  {s['status']:<8} "
+                         f"dvc {s['dvc_stage_hash'] or '-'}  git {(s['git_commit'] or '-')[:12]}")
+    if d.get("params"):
+        lines.append("parameters:")
+        lines += [f"  {k} = {val}" for k, val in sorted(d["params"].items())]
+    lines.append("package files (sha256 at registration):")
+    lines += [f"  {p}  {h}" for p, h in sorted(d.get("files", {}).items())]
+    return "\n".join(lines)
