@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trust.utils.tables import parts_table
+
 app = typer.Typer(help="trust: erase concepts from text-to-image diffusion models, with proof and lineage.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 world_app = typer.Typer(help="The built-in world: a small text-to-image model trained on procedural scenes.",
@@ -74,12 +76,7 @@ def model_info(path: Path = typer.Argument(..., help="SD pipeline folder or worl
         parts = load_model(path)
     except ModelLoadError as e:
         _fail(str(e))
-    t = Table(title=f"{path} ({parts.kind})")
-    t.add_column("part")
-    t.add_column("class")
-    t.add_column("parameters", justify="right")
-    for name, m in parts.modules().items():
-        t.add_row(name, type(m).__name__, f"{sum(p.numel() for p in m.parameters()):,}")
+    t = parts_table(parts, f"{path} ({parts.kind})")
     t.add_row("tokenizer", type(parts.tokenizer).__name__, f"vocab {len(parts.tokenizer)}")
     t.add_row("scheduler", type(parts.scheduler).__name__, "")
     console.print(t)

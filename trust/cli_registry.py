@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from trust.utils.tables import parts_table
+
 console = Console()
 err = Console(stderr=True)
 
@@ -58,12 +60,7 @@ def add_commands(app: typer.Typer) -> None:
             parts = load_registered(ref, device=device)
         except _errors() as e:
             _fail(str(e))
-        t = Table(title=f"{ref} ({parts.kind}, base {parts.source})")
-        t.add_column("part")
-        t.add_column("class")
-        t.add_column("parameters", justify="right")
-        for name, m in parts.modules().items():
-            t.add_row(name, type(m).__name__, f"{sum(p.numel() for p in m.parameters()):,}")
+        t = parts_table(parts, f"{ref} ({parts.kind}, base {parts.source})")
         console.print(t)
         console.print(f"tuned fingerprint {parts.fingerprint()}", soft_wrap=True)
         if prompt:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trust.config import Params
 from trust.delta import read_delta
-from trust.registry import register_version, write_model_card
+from trust.registry import gate_results, register_version, write_model_card
 from trust.stages import paths
 from trust.tracking import dvc_stage_hashes, git_commit, stage_run
 from trust.utils.fs import staged_dir
@@ -58,8 +58,6 @@ def run(params: Params, root: Path) -> dict:
                 if (root / folder / name).is_file():
                     shutil.copy2(root / folder / name, package / name)
                     grids.append(name)
-            from trust.registry import gate_results
-
             gates = gate_results(metrics, params.registry.gates)
             write_model_card(package / "model_card.md", params, metrics, gates, lineage, grids)
             result = register_version(params, root, package, metrics, lineage, run_id=run_.run_id)
