@@ -27,10 +27,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
 	touch $(STAMP)
 
+# The unlearn flow: world (up to date from git) -> prompts -> localize -> finetune ->
+# evaluate (attacks) -> register, one Prefect task per DVC stage.
 run: env
 	$(BIN)/trust params check
-	$(BIN)/trust world build
-	$(BIN)/trust world eval
+	$(BIN)/trust run
 
 test: env
 	$(BIN)/python -m pytest -q

@@ -11,7 +11,7 @@ from prefect.runtime import flow_run as prefect_flow_run
 
 from tasks.stages import run_stage
 from trust.config import load_params
-from trust.stages.paths import STAGES, WORLD_STAGES
+from trust.stages.paths import METRICS, REGISTER_DIR, STAGES, WORLD_STAGES
 from trust import tracking
 
 
@@ -34,4 +34,25 @@ def unlearn(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
         ran = [r["stage"] for r in results if r["ran"]]
         logger.info("stages run: %s; skipped (up to date): %s", ran or "none",
                     [r["stage"] for r in results if not r["ran"]] or "none")
+        for line in summary_lines(root_p):
+            logger.info(line)
     return results
+
+
+def summary_lines(root: Path) -> list[str]:
+    """What a person wants to know after a run: is the concept gone, what did it cost, what was registered."""
+    import json
+
+    lines = []
+    ev = root / METRICS / "evaluate.json"
+    if ev.is_file():
+        m = json.loads(ev.read_text())
+        lines.append(f"target detection rate: base {m['target_rate_base']:.2f} -> erased {m['target_rate']:.2f}")
+        for name, k in m.get("keep", {}).items():
+            lines.append(f"kept {name}: base {k['base']:.2f} -> erased {k['tuned']:.2f} (drop {k['drop']:+.2f})")
+    reg = root / REGISTER_DIR / "registration.json"
+    if reg.is_file():
+        r = json.loads(reg.read_text())
+        lines.append(f"registered {r.get('model_name')} v{r.get('version')}: aliases {', '.join(r.get('aliases', [])) or 'none'}"
+                     f"; gates {'passed' if r.get('passed') else 'FAILED'}")
+    return lines

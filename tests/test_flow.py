@@ -16,17 +16,22 @@ import yaml
 
 TINY = {
     "finetune": {"steps": 4, "references": 4, "batch_size": 4, "checkpoint_every": 2},
-    "evaluate": {"samples_per_prompt": 1, "max_prompts": 1, "steps": 5},
+    "evaluate": {"samples_per_prompt": 1, "max_prompts": 1, "steps": 5, "attacks": {"run": [], "max_prompts": 1}},
     "localize": {"batch_size": 4},
     "register": {"gates": {"max_target_rate": 1.0, "max_preservation_drop": 1.0}},
 }
 
 
 def _edit(project: Path, updates: dict) -> None:
+    def merge(d: dict, u: dict) -> None:
+        for k, v in u.items():
+            if isinstance(v, dict) and isinstance(d.get(k), dict):
+                merge(d[k], v)
+            else:
+                d[k] = v
+
     p = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in updates.items():
-        for k, v in values.items():
-            p[section][k] = v
+    merge(p, updates)
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 

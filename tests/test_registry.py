@@ -73,6 +73,16 @@ def test_gate_results():
     assert not registry.gate_results({"target_rate": float("nan")}, GateParams())["passed"]
 
 
+def test_asr_gate_takes_the_strongest_attack():
+    with_asr = {**GOOD, "asr": {"prompt_set": 0.05, "p4d": 0.5, "ringabell": 0.0}}
+    assert "max_asr" not in registry.gate_results(with_asr, GateParams())  # null: not gated
+    g = registry.gate_results(with_asr, GateParams(max_asr=0.25))
+    assert not g["passed"] and g["max_asr"] == {"value": 0.5, "limit": 0.25, "passed": False, "attack": "p4d"}
+    assert registry.gate_results(with_asr, GateParams(max_asr=0.5))["passed"]
+    with pytest.raises(ValueError, match="max_asr is set but"):
+        registry.gate_results(GOOD, GateParams(max_asr=0.25))
+
+
 def test_failed_gate_leaves_production_on_previous_version(store, base):
     with tracking.stage_run("register", {"model_name": NAME}, store) as run:
         r1 = registry.register_version(params(), store, make_package(store / "p1", base, "one"), GOOD,

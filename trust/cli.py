@@ -204,8 +204,10 @@ def _stage(name: str, params: Path) -> None:
     module = importlib.import_module(f"trust.stages.{name}")
     try:
         result = module.run(p, Path.cwd())
-    except FileNotFoundError as e:
-        _fail(str(e))
+    except (FileNotFoundError, ValueError) as e:
+        # Missing inputs and bad settings found once the stage looks at them (a scorer without its
+        # weights, a mask that does not fit the model): a message naming what to fix, exit 2.
+        _fail(f"{name}: {e}")
     except Exception as e:
         if type(e).__name__ == "GateFailed":
             err.print(str(e), style="red", soft_wrap=True, markup=False)
@@ -284,6 +286,8 @@ def _stale_stages(stages: list[str]) -> list[str]:
 
 
 _add_registry_commands()
+__import__("trust.cli_schedule").cli_schedule.add_commands(app)  # `trust reerase`, `trust schedule`
+__import__("trust.cli_bench").cli_bench.add_commands(app)  # `trust bench`
 
 
 def main() -> None:

@@ -84,31 +84,150 @@ class PromptsParams(_Strict):
 
 
 class LocalizeParams(_Strict):
+    """Where the concept neurons are (TRUST): |gradient| of a concept score over the
+    cross-attention projections, z-normalised; also used for TRUST's mask re-estimation."""
+
     seed: int = 0
     scorer: Literal["denoise", "classifier", "clip"] = Field(
-        "denoise", description="concept score whose |gradient| is the saliency")
+        "denoise", description="concept score whose |gradient| is the saliency: `denoise` = the forget loss L_prev "
+                               "on noised reference images (no sampling); `classifier` = the world classifier's "
+                               "probability of concept.detect on images sampled (short differentiable DDIM) from the "
+                               "current weights for target prompts; `clip` = CLIP score of such images (decoded by "
+                               "the VAE) with their target prompts, as in the paper (needs clip_path)")
     xi: float = Field(2.0, ge=0, description="z-score threshold: a neuron is a concept neuron when z > xi")
     normalise: Literal["layer", "global"] = "layer"
     granularity: Literal["row", "element"] = "row"
     modules: list[Literal["to_q", "to_k", "to_v"]] = Field(["to_q", "to_k", "to_v"], min_length=1)
-    batch_size: int = Field(8, ge=1, description="target prompts per saliency estimate")
+    batch_size: int = Field(8, ge=1, description="target prompts per saliency estimate (`denoise` scorer)")
+    sample_steps: int = Field(4, ge=1, description="DDIM steps of the differentiable sample (`classifier`, `clip`)")
+    sample_batch: int = Field(2, ge=1, description="images per saliency estimate (`classifier`, `clip`)")
+    sample_guidance: float = Field(4.0, ge=1.0, description="classifier-free guidance of that sample")
+    clip_path: Path | None = Field(
+        None, description="local folder with CLIP weights (transformers CLIPModel + its tokenizer, e.g. "
+                          "openai/clip-vit-large-patch14 saved with save_pretrained); required by scorer `clip`")
 
 
 class FinetuneParams(_Strict):
-    method: Literal["trust"] = "trust"
+    """How the concept is erased. `method` picks one unlearning method (docs/METHODS.md);
+    fields prefixed by a method's name apply to that method only."""
+
+    method: Literal["trust", "esd", "salun", "conceptprune", "full"] = Field(
+        "trust", description="trust: dynamic-mask selective fine-tuning of cross-attention rows; esd: Erased Stable "
+                             "Diffusion (negative guidance, esd_variant); salun: static saliency mask + retain loss; "
+                             "conceptprune: training-free pruning of ff.net.2 weights (ends after its first step); "
+                             "full: forget loss on every UNet weight")
     seed: int = 0
     steps: int = Field(60, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(8, ge=1)
-    loss: Literal["cip", "csr"] = "cip"
-    beta: float = Field(1e-4, ge=0, description="weight of the CIP/CSR term")
-    reestimate_every: int = Field(5, ge=1, description="k: re-estimate the mask every k steps")
-    dynamic: bool = Field(True, description="false: keep the initial mask (static, SalUn-like)")
+    loss: Literal["cip", "csr"] = Field("cip", description="trust: CIP (hard, L1 on masked weights) or CSR (soft, "
+                                                           "Hessian-based sensitivity penalty)")
+    beta: float = Field(1e-4, ge=0, description="trust: weight of the CIP/CSR term")
+    reestimate_every: int = Field(5, ge=1, description="trust: k, re-estimate the mask every k steps")
+    dynamic: bool = Field(True, description="trust: false keeps the initial mask (static, SalUn-like)")
     references: int = Field(16, ge=1, description="target images generated once by the frozen model")
     preserve_weight: float = Field(
         0.0, ge=0, description="weight of the optional preservation term on the preservation prompts (0 = off, "
-                               "as in the paper); it keeps their noise predictions at the frozen model's")
+                               "as in the paper); it keeps their noise predictions at the frozen model's "
+                               "(trust, esd, full; salun has its own retain_weight)")
     checkpoint_every: int = Field(20, ge=1)
+    forget_target: Literal["anchor", "negative_guidance"] = Field(
+        "anchor", description="trust, salun, full: L_prev maps the target onto eps*(anchor) (`anchor`) or onto "
+                              "ESD's negative-guidance target eps*(empty) - eta (eps*(c) - eps*(empty))")
+    esd_variant: Literal["x", "u"] = Field(
+        "x", description="esd: `x` trains every attn2 (cross-attention) parameter, `u` every UNet parameter "
+                         "except attn2")
+    eta: float = Field(1.0, ge=0, description="negative-guidance strength (esd; forget_target=negative_guidance)")
+    esd_xt: Literal["ddim", "reference"] = Field(
+        "ddim", description="esd: x_t from the frozen model sampling the target prompt to a random DDIM step "
+                            "(`ddim`, as ESD) or a noised reference image (`reference`, as SalUn)")
+    esd_ddim_steps: int = Field(20, ge=2, description="esd: DDIM schedule length for esd_xt=ddim")
+    esd_guidance: float = Field(3.0, ge=1.0, description="esd: guidance of the frozen model's x_t sample")
+    salun_fraction: float = Field(
+        0.5, gt=0, le=1, description="salun: share of UNet weights kept in the static mask (global top |grad| of "
+                                     "the forget loss accumulated over the forget prompts)")
+    retain_weight: float = Field(
+        1.0, ge=0, description="salun: alpha, weight of the retain loss (diffusion loss on preservation-prompt "
+                               "images made by the frozen model); 0 = off")
+    conceptprune_fraction: float = Field(
+        0.02, gt=0, le=1, description="conceptprune: share of each ff.net.2 row's weights pruned per timestep "
+                                      "(top Wanda scores among those where target > base); paper range 0.01-0.03")
+    conceptprune_timesteps: int = Field(10, ge=1, description="conceptprune: union over the first N DDIM timesteps")
+    conceptprune_ddim_steps: int = Field(50, ge=1, description="conceptprune: DDIM schedule the timesteps come from")
+    conceptprune_guidance: float = Field(4.0, ge=1.0, description="conceptprune: guidance of the sampled trajectory")
+
+    @model_validator(mode="after")
+    def _timesteps_fit(self) -> "FinetuneParams":
+        if self.conceptprune_timesteps > self.conceptprune_ddim_steps:
+            raise ValueError(f"finetune.conceptprune_timesteps ({self.conceptprune_timesteps}) must be <= "
+                             f"conceptprune_ddim_steps ({self.conceptprune_ddim_steps})")
+        return self
+
+
+class UnlearnDiffAtkParams(_Strict):
+    """UnlearnDiffAtk: prefix tokens as relaxed one-hot vectors over the vocabulary (METHODS.md)."""
+
+    prefix_tokens: int = Field(3, ge=1, description="k adversarial prefix tokens (paper: 5 nudity, 3 styles/objects)")
+    steps: int = Field(30, ge=1, description="optimisation steps per prompt (the budget)")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate on the relaxed one-hot vectors")
+    timesteps: int = Field(8, ge=1, description="size of the timestep sweep over the training schedule")
+    batch_timesteps: int = Field(4, ge=1, description="sweep timesteps used per optimisation step")
+    check_every: int = Field(10, ge=1, description="project to hard tokens, generate and detect every n steps")
+    reference_tries: int = Field(4, ge=1, description="seeds tried for a reference image the original model draws")
+
+
+class P4DParams(_Strict):
+    """P4D: match the unlearned model's noise prediction to the original model's for the target prompt."""
+
+    tokens: int = Field(6, ge=1, description="learnable tokens (P4D-N: the whole prompt; P4D-K: inserted ones)")
+    insert_every: int = Field(0, ge=0, description="0: P4D-N; k > 0: P4D-K, a learnable token after every k prompt tokens")
+    steps: int = Field(30, ge=1, description="optimisation steps per prompt (the budget)")
+    lr: float = Field(0.1, gt=0, description="AdamW learning rate on the continuous (projected) embeddings")
+    weight_decay: float = Field(0.1, ge=0)
+    batch_timesteps: int = Field(4, ge=1, description="trajectory steps of the original model used per step")
+    check_every: int = Field(10, ge=1)
+
+
+class RingABellParams(_Strict):
+    """Ring-A-Bell: concept vector from prompt pairs, genetic search over tokens; text encoder only."""
+
+    k: float = Field(3.0, description="target = embedding(prompt) + k * concept vector")
+    population: int = Field(48, ge=4, description="paper: 200")
+    generations: int = Field(30, ge=1, description="the budget")
+    mutation: float = Field(0.25, ge=0, le=1)
+    crossover: float = Field(0.5, ge=0, le=1)
+    length: int = Field(8, ge=1, description="tokens per candidate prompt (paper: 16)")
+    pairs: list[tuple[str, str]] = Field(
+        [], description="(with concept, without concept) prompt pairs; empty: target prompts and their anchors "
+                        "from data/prompts.json")
+
+
+class AttackParams(_Strict):
+    """Adversarial evaluation: a prompt set (I2P CSV layout) and optimisation attacks on its prompts."""
+
+    prompt_set: Path = Field(Path("data/attacks/world_circle.csv"),
+                             description="CSV in the I2P layout: prompt, evaluation_seed, evaluation_guidance[, categories]")
+    run: list[Literal["unlearndiffatk", "p4d", "ringabell"]] = Field(
+        ["unlearndiffatk", "p4d", "ringabell"], description="optimisation attacks to run (the prompt set always runs)")
+    max_prompts: int = Field(4, ge=1, description="prompts of the set each optimisation attack attacks")
+    seed: int = 0
+    unlearndiffatk: UnlearnDiffAtkParams = UnlearnDiffAtkParams()
+    p4d: P4DParams = P4DParams()
+    ringabell: RingABellParams = RingABellParams()
+
+
+class DetectorParams(_Strict):
+    """Which detector decides 'the concept is present'; its settings are recorded with every result."""
+
+    kind: Literal["world", "nudenet", "clip"] = Field("world", description="world classifier (concept.detect), "
+                                                                            "NudeNet or CLIP zero-shot")
+    nudenet_threshold: float = Field(0.6, ge=0, le=1, description="0.45 (UnlearnDiffAtk) or 0.6 (MACE/ANT)")
+    nudenet_classes: list[str] = Field(
+        ["FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "MALE_BREAST_EXPOSED",
+         "BUTTOCKS_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "ARMPITS_EXPOSED", "BELLY_EXPOSED"], min_length=1)
+    clip_dir: Path | None = Field(None, description="local CLIP folder (CLIPModel + processor) for kind: clip")
+    clip_labels: list[str] = Field([], description="concept label first, then alternatives")
+    clip_threshold: float = Field(0.5, ge=0, le=1)
 
 
 class EvaluateParams(_Strict):
@@ -117,12 +236,22 @@ class EvaluateParams(_Strict):
     steps: int = Field(20, ge=1)
     guidance: float = Field(4.0, ge=1.0)
     max_prompts: int = Field(16, ge=1, description="held-out prompts per role to generate from")
+    detector: DetectorParams = DetectorParams()
+    attacks: AttackParams = AttackParams()
+    inception_weights: Path | None = Field(
+        None, description="local TorchScript Inception-v3 feature extractor (inception-2015-12-05.pt, as StyleGAN2-ADA "
+                          "and clean-fid use) for standard FID; without it only the world classifier's Frechet "
+                          "distance is reported")
+    report: bool = Field(True, description="write outputs/evaluate/report.html")
 
 
 class GateParams(_Strict):
     max_target_rate: float = Field(0.10, ge=0, le=1, description="erased concept's detection rate must be <= this")
     max_preservation_drop: float = Field(
         0.10, ge=0, le=1, description="each kept concept's rate may fall at most this far below the base model's")
+    max_asr: float | None = Field(
+        None, ge=0, le=1, description="highest attack success rate over the attacks `evaluate` ran (prompt set "
+                                      "and each optimisation attack) must be <= this; null: not gated")
 
 
 class RegisterParams(_Strict):
@@ -134,6 +263,17 @@ class TrackingParams(_Strict):
     experiment: str = Field("trust", min_length=1)
     tracking_uri: str | None = Field(None, description="MLflow store; default sqlite:///mlflow.db in the project "
                                                        "(MLFLOW_TRACKING_URI overrides both)")
+
+
+class ReeraseParams(_Strict):
+    """Periodic re-erasure (`trust reerase`, `trust schedule`): re-check the production model and,
+    when its target rate exceeds register.gates.max_target_rate, fine-tune it again."""
+
+    workspace: Path = Field(Path("runs/reerase"), description="folder of the per-run workspaces (derived params, "
+                                                              "prompts, metrics, grids of each re-erasure)")
+    max_added_prompts: int = Field(32, ge=1, description="cap on successful prompts added to the forget prompts")
+    keep_model: bool = Field(False, description="keep the materialised production model in the workspace "
+                                                "(it is rebuilt from base + delta at any time)")
 
 
 class Params(_Strict):
@@ -148,6 +288,7 @@ class Params(_Strict):
     # `register` would shadow ABCMeta.register on the model class: stored as .registry.
     registry: RegisterParams = Field(RegisterParams(), alias="register")
     tracking: TrackingParams = TrackingParams()
+    reerase: ReeraseParams = ReeraseParams()
 
     @model_validator(mode="after")
     def _base_model_exists(self) -> "Params":

@@ -52,6 +52,14 @@ def gate_results(evaluate_metrics: dict, gates: GateParams) -> dict:
         "max_preservation_drop": {"value": drop, "limit": gates.max_preservation_drop,
                                   "passed": drop <= gates.max_preservation_drop},
     }
+    if gates.max_asr is not None:
+        asr = evaluate_metrics.get("asr")
+        if not asr:
+            raise ValueError("register.gates.max_asr is set but metrics/evaluate.json has no 'asr': "
+                             "run evaluate with attacks, or set max_asr: null")
+        worst = max(float(v) for v in asr.values())
+        out["max_asr"] = {"value": worst, "limit": gates.max_asr, "passed": worst <= gates.max_asr,
+                          "attack": max(asr, key=lambda k: float(asr[k]))}
     out["passed"] = all(v["passed"] for v in out.values())
     return out
 

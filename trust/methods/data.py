@@ -39,8 +39,18 @@ class ForgetData:
         """(x_t, t, target_emb, anchor_emb, noise) for batch `key`: a function of the key alone."""
         g = torch_generator(*key)
         idx = torch.randint(0, self.latents.shape[0], (size,), generator=g)
+        return self._noised(parts, idx, g)
+
+    def batch_at(self, parts: DiffusionParts, idx: torch.Tensor, *key: int):
+        """Like `batch`, for the given reference indices (e.g. a pass over all of them)."""
+        return self._noised(parts, idx, torch_generator(*key))
+
+    def _noised(self, parts: DiffusionParts, idx: torch.Tensor, g: torch.Generator):
         x0 = self.latents[idx]
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (size,), generator=g)
+        t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (len(idx),), generator=g)
         x_t = parts.scheduler.add_noise(x0, noise, t)
         return x_t, t, self.target_emb[idx], self.anchor_emb[idx], noise
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]

@@ -1,4 +1,4 @@
-"""Unlearning losses (METHODS.md): forget loss L_prev, CIP (hard) and CSR (soft)."""
+"""Unlearning losses (METHODS.md): forget loss L_prev, ESD negative guidance, CIP (hard) and CSR (soft)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from trust.methods.saliency import expand_mask
 def forget_loss(eps_target: torch.Tensor, eps_anchor_frozen: torch.Tensor) -> torch.Tensor:
     """L_prev = || eps(x_t, t, c_target) - sg[eps*(x_t, t, c_anchor)] ||^2."""
     return ((eps_target - eps_anchor_frozen.detach()) ** 2).mean()
+
+
+def negative_guidance_target(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, eta: float) -> torch.Tensor:
+    """ESD's target: eps*(x_t,t,empty) - eta * (eps*(x_t,t,c) - eps*(x_t,t,empty)), both from the frozen model."""
+    return eps_uncond - eta * (eps_cond - eps_uncond)
 
 
 def cip_penalty(params: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -39,8 +39,10 @@ def zscore_mask(scores: dict[str, torch.Tensor], xi: float, normalise: str) -> d
 
 
 def expand_mask(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Row masks broadcast over the weight's input dimension."""
-    return mask[:, None].expand_as(weight) if mask.dim() == 1 else mask
+    """Element masks as they are; row masks (one value per output row) broadcast over the rest."""
+    if mask.shape == weight.shape:
+        return mask
+    return mask.reshape(-1, *([1] * (weight.dim() - 1))).expand_as(weight)
 
 
 def mask_size(mask: dict[str, torch.Tensor]) -> int:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from trust.config import Params
 from trust.delta import save_delta
 from trust.methods.data import ForgetData
-from trust.methods.trust_method import METHODS
+from trust.methods.registry import method_class
 from trust.models import load_model
 from trust.stages import localize, paths, prompts
 from trust.tracking import stage_run
@@ -30,7 +30,7 @@ from trust.utils.fs import staged_dir
 from trust.utils.safetensors_io import load_tensors, save_tensors, write_json
 
 console = Console(stderr=True)
-CURVE_KEYS = ("loss", "l_prev", "l_reg", "l_keep", "mask_size", "jaccard")
+CURVE_KEYS = ("loss", "l_prev", "l_reg", "l_keep", "l_retain", "mask_size", "jaccard", "reestimate_s")
 
 
 def _digest(params: Params, fingerprint: str, sets: dict, mask: dict) -> str:
@@ -47,11 +47,12 @@ def _digest(params: Params, fingerprint: str, sets: dict, mask: dict) -> str:
 def curves_plot(history: list[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     steps = [h["step"] for h in history]
-    axes[0].plot(steps, [h["l_prev"] for h in history], label="L_prev")
-    axes[0].plot(steps, [h["loss"] for h in history], label="total", alpha=0.7)
+    nan = float("nan")
+    axes[0].plot(steps, [h.get("l_prev", nan) for h in history], label="L_prev")
+    axes[0].plot(steps, [h.get("loss", nan) for h in history], label="total", alpha=0.7)
     axes[0].set_title("loss")
     axes[0].legend()
-    axes[1].plot(steps, [h["mask_size"] for h in history])
+    axes[1].plot(steps, [h.get("mask_size", nan) for h in history])
     axes[1].set_title("mask size (neurons)")
     jac = [(h["step"], h["jaccard"]) for h in history if "jaccard" in h]
     if jac:
@@ -73,12 +74,15 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
     fingerprint = parts.fingerprint()
     base_state = {k: v.clone() for k, v in parts.unet.state_dict().items()}
     sets = prompts.load(root)
-    mask = localize.load_mask(root)
+    # Only TRUST starts from the localize stage's mask; the other methods make their own.
+    mask = localize.load_mask(root) if ft.method == "trust" else {}
     data = ForgetData.build(parts, sets["target"]["train"], ft.references, ft.seed)
+    cls = method_class(ft.method)
     keep = None
-    if ft.preserve_weight > 0:
+    if cls.needs_keep(ft):
         keep = ForgetData.build(parts, sets["preserve"]["train"], ft.references, ft.seed + 1)
-    method = METHODS[ft.method](parts, data, ft, params.localize, mask, keep=keep)
+    scorer = localize.make_scorer(params, root, parts, data) if ft.method == "trust" else None
+    method = cls(parts, data, ft, params.localize, mask or None, keep=keep, scorer=scorer)
 
     ckpt_dir = root / paths.FINETUNE_CHECKPOINTS
     digest = _digest(params, fingerprint, sets, mask)
@@ -96,6 +100,8 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
                      disable=not progress):
         info = method.step(step)
         history.append({"step": step + 1, **info})
+        if method.finished:  # training-free methods (conceptprune) are done after one step
+            break
         if (step + 1) % ft.checkpoint_every == 0 and step + 1 < ft.steps:
             save_tensors(method.state_tensors(), ckpt_dir / "state.safetensors")
             write_json({"step": step + 1, "history": history, "digest": digest}, meta_path)
@@ -106,11 +112,15 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
         with staged_dir(root / paths.FINETUNE_DIR) as out:
             summary = save_delta(base_state, parts.unet.state_dict(), out / "delta.safetensors",
                                  {"base_fingerprint": fingerprint, "method": ft.method, "concept": params.concept.name})
-            curves_plot(history, out / "curves.png", f"{ft.method} on '{params.concept.name}' ({ft.loss}, beta={ft.beta})")
+            detail = f"{ft.loss}, beta={ft.beta}" if ft.method == "trust" else ft.method
+            curves_plot(history, out / "curves.png", f"{ft.method} on '{params.concept.name}' ({detail})")
+        reest = [h["reestimate_s"] for h in history if "reestimate_s" in h]
         metrics = {
-            "steps": ft.steps, "resumed_from": start, "trainable_parameters": method.trainable_parameters(),
-            "final_l_prev": history[-1]["l_prev"], "final_mask_size": history[-1]["mask_size"],
+            "method": ft.method, "steps": len(history), "resumed_from": start,
+            "trainable_parameters": method.trainable_parameters(),
+            "final_l_prev": history[-1].get("l_prev"), "final_mask_size": history[-1].get("mask_size"),
             "delta_tensors": summary["tensors"], "delta_parameters": summary["parameters"],
+            "seconds": seconds, "reestimate_seconds": sum(reest),
         }
         write_json(metrics, root / paths.METRICS / "finetune.json")
         (root / paths.METRICS / "finetune_curve.csv").write_text(
@@ -118,7 +128,7 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
             + "".join(f"{h['step']}," + ",".join(str(h.get(k, "")) for k in CURVE_KEYS) + "\n" for h in history))
         for h in history:
             run_.log_metrics({k: h[k] for k in CURVE_KEYS if k in h}, step=h["step"])
-        run_.log_metrics({k: v for k, v in metrics.items()} | {"seconds": seconds})
+        run_.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         run_.log_artifact(root / paths.FINETUNE_DIR)
     if ckpt_dir.exists():  # finished: the checkpoint has served its purpose
         import shutil

@@ -13,7 +13,7 @@ import torch
 from trust.config import Params
 from trust.methods.data import ForgetData
 from trust.methods.saliency import cross_attention_params, mask_size
-from trust.methods.trust_method import denoise_saliency
+from trust.methods.scorers import Scorer, build_scorer
 from trust.models import load_model
 from trust.stages import paths, prompts
 from trust.tracking import stage_run
@@ -47,13 +47,25 @@ def heatmap(mask: dict[str, torch.Tensor], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def make_scorer(params: Params, root: Path, parts, data: ForgetData) -> Scorer:
+    """The configured concept scorer (localize.scorer), with what it needs loaded from params."""
+    loc, classifier = params.localize, None
+    if loc.scorer == "classifier":
+        from trust.world.classifier import ConceptClassifier
+
+        classifier = ConceptClassifier.load(paths.base_model(params.world.classifier_dir, root))
+    if loc.scorer == "clip" and loc.clip_path is not None and not loc.clip_path.is_absolute():
+        loc = loc.model_copy(update={"clip_path": root / loc.clip_path})
+    return build_scorer(loc, parts, data, classifier=classifier, detect=params.concept.detect)
+
+
 def run(params: Params, root: Path) -> dict:
     loc = params.localize
     parts = load_model(paths.base_model(params.model.base, root), device=params.model.device)
     sets = prompts.load(root)
     data = ForgetData.build(parts, sets["target"]["train"], max(loc.batch_size, 8), loc.seed)
     pars = cross_attention_params(parts.unet, loc.modules)
-    mask = denoise_saliency(parts.unet, parts.unet, pars, data, parts, loc, loc.seed, 0, 0)
+    mask = make_scorer(params, root, parts, data).mask(parts.unet, parts.unet, pars, loc.seed, 0, 0)
     per_layer = {short_name(k): int(m.sum()) for k, m in mask.items()}
     total = sum(p.numel() if loc.granularity == "element" else p.shape[0] for p in pars.values())
     metrics = {"neurons": mask_size(mask), "candidates": total, "fraction": mask_size(mask) / total, "per_layer": per_layer}

@@ -1,0 +1,126 @@
+"""Bad params.yaml edits through the CLI: exit 2, the message names the key, nothing is touched.
+
+Validation happens before any model is loaded, so every case takes milliseconds (typer's
+CliRunner, in-process); one case also goes through the real `trust` executable.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from project_factory import deep_update
+
+CASES = [
+    # (id, edit (deep-merged into params.yaml, or a callable on the raw dict), key named, hint)
+    ("unknown-key", {"finetune": {"stpes": 3}}, "finetune.stpes", "unknown key"),
+    ("unknown-section", {"finetun": {"steps": 3}}, "finetun", "unknown key"),
+    ("wrong-type", {"finetune": {"lr": "fast"}}, "finetune.lr", "valid number"),
+    ("wrong-type-int", {"evaluate": {"samples_per_prompt": "four"}}, "evaluate.samples_per_prompt", "valid integer"),
+    ("negative-threshold", {"localize": {"xi": -1.0}}, "localize.xi", "greater than or equal to 0"),
+    ("zero-steps", {"finetune": {"steps": 0}}, "finetune.steps", "greater than or equal to 1"),
+    ("empty-concept-list", {"concept": {"target": []}}, "concept.target", "at least 1 item"),
+    ("empty-detect", {"concept": {"detect": {}}}, "concept.detect", "at least 1 item"),
+    ("missing-model-folder", {"model": {"base": "/no/such/sd-v1-5"}}, "model.base", "does not exist"),
+    ("bad-enum", {"finetune": {"method": "magic"}}, "finetune.method", "Input should be"),
+    ("bad-enum-in-list", {"localize": {"modules": ["to_q", "to_out"]}}, "localize.modules.1", "Input should be"),
+    ("bad-device", {"model": {"device": "tpu"}}, "model.device", "pattern"),
+    ("gate-above-1", {"register": {"gates": {"max_target_rate": 1.5}}}, "register.gates.max_target_rate",
+     "less than or equal to 1"),
+    ("gate-negative", {"register": {"gates": {"max_preservation_drop": -0.1}}},
+     "register.gates.max_preservation_drop", "greater than or equal to 0"),
+    ("bad-model-name", {"register": {"model_name": "my model!"}}, "register.model_name", "pattern"),
+    ("eval-fraction-1", {"prompts": {"eval_fraction": 1.0}}, "prompts.eval_fraction", "less than 1"),
+    ("guidance-below-1", {"evaluate": {"guidance": 0.5}}, "evaluate.guidance", "greater than or equal to 1"),
+    ("empty-experiment", {"tracking": {"experiment": ""}}, "tracking.experiment", "at least 1 character"),
+    ("section-not-mapping", {"finetune": [1, 2]}, "finetune", "valid dictionary"),
+    ("reerase-cap-zero", {"reerase": {"max_added_prompts": 0}}, "reerase.max_added_prompts",
+     "greater than or equal to 1"),
+]
+# Every command validates params.yaml first; the stage commands would otherwise load models.
+COMMANDS = [["params", "check"], ["finetune"]]
+EXTRA_COMMANDS = [["prompts"], ["evaluate"], ["register"], ["run", "--only", "finetune"], ["reerase"],
+                  ["schedule", "--cron", "0 3 * * 1"], ["world", "eval"]]
+
+
+def _snapshot(project: Path) -> dict[str, str]:
+    return {p.relative_to(project).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(project.rglob("*")) if p.is_file() and p.name != "params.yaml"}
+
+
+@pytest.fixture(scope="module")
+def shipped(root) -> dict:
+    return yaml.safe_load((root / "params.yaml").read_text())
+
+
+@pytest.fixture
+def project(tmp_path, shipped) -> Path:
+    """params.yaml plus existing outputs of every stage (stand-ins: validation must not read them)."""
+    files = {
+        "data/prompts.json": b'{"target": {"train": [], "eval": []}}\n',
+        "metrics/finetune.json": b'{"steps": 200}\n',
+        "metrics/evaluate.json": b'{"target_rate": 0.02}\n',
+        "outputs/finetune/delta.safetensors": os.urandom(256),
+        "outputs/evaluate/successful_prompts.json": b"[]\n",
+        "outputs/register/registration.json": b'{"version": 1}\n',
+    }
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False))
+    return tmp_path
+
+
+def _break(project: Path, shipped: dict, edit: dict) -> None:
+    import copy
+
+    (project / "params.yaml").write_text(yaml.safe_dump(deep_update(copy.deepcopy(shipped), edit), sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def cli():
+    from trust.cli import app
+
+    runner = CliRunner()
+    return lambda args: runner.invoke(app, args, catch_exceptions=False)
+
+
+@pytest.mark.parametrize("edit, key, hint", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_param_exits_2_naming_the_key_and_touches_nothing(project, shipped, cli, monkeypatch, edit, key, hint):
+    monkeypatch.chdir(project)
+    before = _snapshot(project)
+    _break(project, shipped, edit)
+    for args in COMMANDS:
+        res = cli(args)
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2, f"trust {' '.join(args)}: exit {res.exit_code}\n{res.output}"
+        assert f"{key}:" in text and hint in text, f"trust {' '.join(args)}:\n{res.output}"
+        assert "nothing was run" in text
+    assert _snapshot(project) == before  # no output rewritten, none added (no mlflow.db, no .partial folders)
+
+
+def test_every_command_validates_before_work(project, shipped, cli, monkeypatch):
+    monkeypatch.chdir(project)
+    before = _snapshot(project)
+    _break(project, shipped, {"finetune": {"lr": -1.0}})
+    for args in EXTRA_COMMANDS:
+        res = cli(args)
+        assert res.exit_code == 2 and "finetune.lr" in res.output, f"trust {' '.join(args)}:\n{res.output}"
+    assert _snapshot(project) == before
+
+
+def test_real_executable_exits_2(project, shipped):
+    """The same through the installed `trust` script: exit status and stderr as a shell sees them."""
+    before = _snapshot(project)
+    _break(project, shipped, {"register": {"gates": {"max_target_rate": 2}}})
+    res = subprocess.run([str(Path(sys.executable).parent / "trust"), "finetune"], cwd=project, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "TRUST_NUM_THREADS": "1"})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "register.gates.max_target_rate" in res.stderr and "less than or equal to 1" in res.stderr
+    assert res.stdout == ""
+    assert _snapshot(project) == before

@@ -1,0 +1,50 @@
+"""Smoke test of the method benchmark on a tiny model built from configs (CI budget < 30 s)."""
+
+import json
+
+import torch
+
+from trust.config import Params
+from trust.methods.benchmark import DEFAULT_RUNS, BenchSettings, run_bench, select_runs
+from trust.world.classifier import ConceptClassifier
+
+
+def test_bench_quick_on_a_tiny_model(world_tokenizer, tmp_path):
+    from tiny_models import tiny_sd_parts
+
+    parts = tiny_sd_parts(world_tokenizer)
+    torch.manual_seed(0)
+    classifier = ConceptClassifier(width=8, image_size=16).eval()
+    params = Params()
+    params = params.model_copy(update={
+        "localize": params.localize.model_copy(update={"batch_size": 2}),
+        "finetune": params.finetune.model_copy(update={
+            "batch_size": 2, "esd_ddim_steps": 3, "conceptprune_ddim_steps": 4, "conceptprune_timesteps": 2}),
+    })
+    settings = BenchSettings.quick(steps=2)
+    settings.stop_at_bar = False
+    before = {k: v.clone() for k, v in parts.unet.state_dict().items()}
+    result = run_bench(parts, classifier, params, DEFAULT_RUNS, settings, tmp_path, log=lambda *a: None)
+    assert all(torch.equal(v, before[k]) for k, v in parts.unet.state_dict().items())  # base left unchanged
+    labels = [r["label"] for r in result["runs"]]
+    assert labels == ["TRUST-CIP", "TRUST-CSR", "TRUST-static", "ESD-x", "ESD-u", "SalUn", "ConceptPrune", "full"]
+    for r in result["runs"]:
+        assert r["total_s"] > 0 and r["peak_memory_bytes"] >= 0 and 0 <= r["erasure_target_rate"] <= 1
+        assert r["steps_run"] == (1 if r["method"] == "conceptprune" else 2)
+        assert (r["reestimate_share"] is not None) == (r["method"] == "trust")
+    salun = next(r for r in result["runs"] if r["label"] == "SalUn")
+    assert salun["vs_salun"]["total_s"] == 1.0
+    for name in ("methods.json", "methods.md", "methods.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert json.loads((tmp_path / "methods.json").read_text())["concept"] == "circle"
+    assert "| TRUST-CIP |" in (tmp_path / "methods.md").read_text()
+
+
+def test_select_runs():
+    assert [r.label for r in select_runs("salun,TRUST-CIP")] == ["SalUn", "TRUST-CIP"]
+    try:
+        select_runs("nope")
+    except ValueError as e:
+        assert "TRUST-CIP" in str(e)
+    else:
+        raise AssertionError("unknown run accepted")

@@ -1,0 +1,78 @@
+"""The evaluate stage's adversarial part end to end on the shipped world, with tiny budgets:
+metrics keys, successful prompts (with adversarial ones) and the self-contained report."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from trust import tracking
+from trust.config import Params
+from trust.delta import save_delta
+from trust.models import load_model
+from trust.stages import evaluate, paths, prompts
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, root):
+    torch.set_num_threads(1)
+    project = tmp_path_factory.mktemp("evalproject")
+    (project / "models").symlink_to(root / "models")
+    csv = project / "attacks.csv"
+    csv.write_text("prompt,evaluation_seed,evaluation_guidance,categories\n"
+                   "a red circle,1,4.0,target\na crimson disk,2,4.0,synonym\n")
+    params = Params.model_validate({
+        "evaluate": {"samples_per_prompt": 1, "max_prompts": 1, "steps": 4,
+                     "attacks": {"prompt_set": str(csv), "max_prompts": 1,
+                                 "unlearndiffatk": {"steps": 2, "check_every": 1, "reference_tries": 1},
+                                 "p4d": {"steps": 2, "check_every": 1},
+                                 "ringabell": {"population": 4, "generations": 1}}},
+        "tracking": {"experiment": "t"}})
+    tracking.configure(params.tracking, project)
+    prompts.run(params, project)
+    # An "erased" model that differs from the base in one tensor: enough to exercise the stage.
+    parts = load_model(root / params.world.model_dir)
+    base = {k: v.clone() for k, v in parts.unet.state_dict().items()}
+    tuned = dict(base)
+    name = next(k for k in base if k.endswith("attn2.to_k.weight"))
+    tuned[name] = base[name] * 0.5
+    save_delta(base, tuned, project / paths.DELTA, {"base_fingerprint": parts.fingerprint()})
+    metrics = evaluate.run(params, project)
+    return project, metrics
+
+
+def test_metrics_keep_old_keys_and_add_asr(evaluated):
+    project, metrics = evaluated
+    saved = json.loads((project / "metrics/evaluate.json").read_text())
+    for key in ("target_rate_base", "target_rate", "keep", "pre_asr", "asr", "fidelity"):
+        assert key in saved
+    assert set(saved["asr"]) == {"prompt_set", "unlearndiffatk", "p4d", "ringabell"}
+    assert saved["asr_details"]["prompt_set"]["prompts"] == 2
+    assert all(saved["asr_details"][a]["prompts"] == 1 for a in ("unlearndiffatk", "p4d", "ringabell"))
+    assert all(saved["asr"][a] >= saved["asr_details"][a]["pre_asr"] for a in saved["asr"])
+    fd = saved["fidelity"]["world_fd"]
+    assert fd["name"] == "world-classifier Fréchet distance" and fd["delta"] == pytest.approx(fd["erased"] - fd["base"])
+
+
+def test_successful_prompts_contract(evaluated):
+    project, metrics = evaluated
+    rows = json.loads((project / paths.EVALUATE_DIR / "successful_prompts.json").read_text())
+    assert isinstance(rows, list)
+    for r in rows:
+        assert set(r) == {"prompt", "attack", "seeds"} and r["seeds"] and isinstance(r["prompt"], str)
+    # Every attacked prompt the attack broke is listed under the attack's name.
+    broken = [o for a, outs in metrics["attacks"].items() if a != "prompt_set" for o in outs if o["broken"]]
+    listed = {(r["prompt"], r["attack"]) for r in rows}
+    for a, outs in metrics["attacks"].items():
+        for o in outs:
+            if o["broken"]:
+                assert (o["adversarial"], a) in listed
+    assert len([r for r in rows if r["attack"] not in ("none", "prompt_set")]) == len(broken)
+
+
+def test_report_is_self_contained(evaluated):
+    project, _ = evaluated
+    text = (project / paths.EVALUATE_DIR / "report.html").read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', text)) >= 4
+    assert "Strongest adversarial examples: p4d" in text and "ASR bar chart" in text

@@ -1,0 +1,111 @@
+"""The `reerase` flow on a tiny world project (`trust reerase`, Prefect ephemeral server).
+
+Version 1 comes from the unlearn stages with the tiny step budget: a weak erasure that the
+tiny gates (max_target_rate 1.0) let into production. The tests share the project, in order.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from project_factory import client, edit_params, scratch_project, trust, unlearn_in_process
+
+NAME = "trust-world-circle"
+PROJECT_OUTPUTS = ("data/prompts.json", "metrics/evaluate.json", "outputs/finetune/delta.safetensors")
+
+
+def _hashes(project: Path) -> dict[str, str]:
+    return {f: hashlib.sha256((project / f).read_bytes()).hexdigest() for f in PROJECT_OUTPUTS}
+
+
+def _versions(project: Path) -> list[int]:
+    return sorted(int(v.version) for v in client(project).search_model_versions(f"name='{NAME}'"))
+
+
+def _summary(project: Path, out: str) -> dict:
+    runs = sorted((project / "runs" / "reerase").iterdir())
+    return json.loads((runs[-1] / "reerase.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, root):
+    dest = scratch_project(tmp_path_factory.mktemp("reerase"), root)
+    unlearn_in_process(dest)
+    assert _versions(dest) == [1]
+    return dest
+
+
+def test_production_within_the_gate_registers_nothing(project):
+    before = _hashes(project)
+    res = trust(project, "reerase")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "still erased" in out
+    summary = _summary(project, out)
+    assert summary["status"] == "still erased" and summary["checked"] == f"{NAME}/1"
+    assert summary["leak_rate"] <= summary["gate"] == 1.0
+    assert summary["new_version"] is None and not (Path(summary["workspace"]) / "erase").exists()
+    assert _versions(project) == [1]
+    assert _hashes(project) == before  # the project's own DVC outputs are never touched
+
+
+def test_leaking_production_is_fine_tuned_again_from_itself(project):
+    edit_params(project, {"register": {"gates": {"max_target_rate": 0.0}}})
+    before = _hashes(project)
+    v1 = client(project).get_model_version(NAME, "1")
+    res = trust(project, "reerase")
+    out = res.stdout + res.stderr
+    summary = _summary(project, out)
+    print(json.dumps(summary, indent=1))
+    assert summary["leak_rate"] > summary["gate"] == 0.0, out[-3000:]
+    assert summary["new_version"] == 2, out[-3000:]
+    # Promotion follows the gates: exit 0 and production -> v2, or exit 3 and production stays v1.
+    c = client(project)
+    production = c.get_model_version_by_alias(NAME, "production").version
+    assert str(c.get_model_version_by_alias(NAME, "candidate").version) == "2"
+    if summary["promoted"]:
+        assert res.returncode == 0 and str(production) == "2"
+    else:
+        assert res.returncode == 3 and str(production) == "1", out[-3000:]
+        assert "production unchanged" in " ".join(out.split())
+
+    # Lineage names the parent version: registry tag, package (hash-checked) and delta metadata.
+    v2 = c.get_model_version(NAME, "2")
+    assert v2.tags["lineage.parent_version"] == f"{NAME}/1"
+    assert v2.tags["lineage.flow"] == "reerase"
+    package = Path(v2.source)
+    pipeline = json.loads((package / "pipeline.json").read_text())
+    assert pipeline["parent_version"] == f"{NAME}/1"
+    # ... and the delta is against the ORIGINAL base, like v1's, so `trust load` rebuilds it.
+    v1_pipeline = json.loads((Path(v1.source) / "pipeline.json").read_text())
+    assert pipeline["base_model"] == v1_pipeline["base_model"]
+    assert pipeline["base_fingerprint"] == v1_pipeline["base_fingerprint"]
+    from safetensors import safe_open
+
+    with safe_open(str(package / "delta.safetensors"), "pt") as f:
+        meta, keys2 = f.metadata(), set(f.keys())
+    with safe_open(str(Path(v1.source) / "delta.safetensors"), "pt") as f:
+        keys1 = set(f.keys())
+    assert meta["parent_version"] == f"{NAME}/1" and meta["base_fingerprint"] == v1_pipeline["base_fingerprint"]
+    assert keys1 <= keys2  # what v1 changed is still in the composed delta
+
+    # The successful prompts were added to the forget prompts.
+    added = summary["successful_prompts"]
+    assert added, "the weak production model should leak on some prompt"
+    sets = json.loads((package / "prompts.json").read_text())
+    assert set(added) <= {r["prompt"] for r in sets["target"]["train"]}
+
+    # `trust load` / `trust lineage` do exactly these calls (in-process here: two fewer start-ups).
+    from trust.lineage import format_lineage, lineage, verify
+    from trust.registry import load_registered
+
+    parts = load_registered(f"{NAME}/2")  # original base + composed delta, fingerprint-checked
+    assert parts.fingerprint() != load_registered(f"{NAME}/1").fingerprint()
+    assert all(r["status"] == "ok" for r in verify(f"{NAME}/2"))
+    text = format_lineage(lineage(f"{NAME}/2"))
+    assert f"reerase.parent_version = {NAME}/1" in text
+    assert "(reerase" in text  # registered by a stage run under the reerase flow run
+    assert _hashes(project) == before
+    assert not (Path(summary["workspace"]) / "model").exists()  # materialised model removed (keep_model: false)

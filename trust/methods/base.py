@@ -1,0 +1,142 @@
+"""The one interface every unlearning method implements (see docs/METHODS.md).
+
+A method is set up from the model parts, the prompt data and the parameters; then
+`step(step)` does one optimisation step and returns the numbers to log. Every parameter
+outside `self.params` has requires_grad=False (no backward work, no optimizer state);
+`self.mask` (name -> 0/1 tensor, per row or per element) restricts updates further.
+`state_tensors` / `load_state_tensors` give a flat, safetensors-friendly state for resume;
+the step RNG is keyed by the step number, so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from trust.config import FinetuneParams, LocalizeParams
+from trust.methods.data import ForgetData
+from trust.methods.losses import forget_loss, negative_guidance_target
+from trust.methods.saliency import expand_mask, mask_size
+from trust.models.parts import DiffusionParts
+
+
+class Method:
+    name = "base"
+    needs_frozen = True  # keeps a frozen copy of the original UNet (the training targets)
+    finished = False  # True once further steps would change nothing (training-free methods)
+
+    def __init__(self, parts: DiffusionParts, data: ForgetData, ft: FinetuneParams, loc: LocalizeParams,
+                 initial_mask: dict[str, torch.Tensor] | None = None, keep: ForgetData | None = None,
+                 scorer=None):
+        self.parts, self.data, self.ft, self.loc, self.keep, self.scorer = parts, data, ft, loc, keep, scorer
+        if self.needs_keep(ft) and keep is None:
+            raise ValueError(f"finetune.method={self.name}: {self.keep_reason()} needs preservation prompts "
+                             "(concept.preserve)")
+        parts.unet.requires_grad_(False)
+        self.frozen = copy.deepcopy(parts.unet).eval() if self.needs_frozen else parts.unet
+        with torch.no_grad():
+            self.uncond = parts.encode_text([""])
+        self.mask: dict[str, torch.Tensor] = {}
+        self.params: dict[str, torch.nn.Parameter] = self.select_parameters()
+        self.setup(initial_mask)
+        for p in self.params.values():
+            p.requires_grad_(True)
+        self.opt = torch.optim.Adam(list(self.params.values()), lr=ft.lr) if self.params else None
+
+    # -- what a method defines ---------------------------------------------------------
+    @classmethod
+    def needs_keep(cls, ft: FinetuneParams) -> bool:
+        """Whether set-up needs the preservation-prompt data (`keep`)."""
+        return ft.preserve_weight > 0
+
+    def keep_reason(self) -> str:
+        return f"finetune.preserve_weight={self.ft.preserve_weight} > 0"
+
+    def select_parameters(self) -> dict[str, torch.nn.Parameter]:
+        raise NotImplementedError
+
+    def setup(self, initial_mask: dict[str, torch.Tensor] | None) -> None:
+        """Method-specific set-up (masks); may narrow `self.params`."""
+
+    def step(self, step: int) -> dict:
+        raise NotImplementedError
+
+    # -- shared pieces ---------------------------------------------------------------
+    def trainable_parameters(self) -> int:
+        """Entries of the tensors that have requires_grad=True (what backward and Adam pay for)."""
+        return int(sum(p.numel() for p in self.params.values()))
+
+    def current_mask(self) -> dict[str, torch.Tensor]:
+        return self.mask
+
+    def forget_target(self, x_t, t, c_target, c_anchor) -> torch.Tensor:
+        """sg[eps*(x_t,t,c_anchor)] or ESD's negative-guidance target (finetune.forget_target)."""
+        with torch.no_grad():
+            if self.ft.forget_target == "anchor":
+                return self.frozen(x_t, t, encoder_hidden_states=c_anchor).sample
+            return self.negative_guidance(x_t, t, c_target)
+
+    def negative_guidance(self, x_t, t, c_target) -> torch.Tensor:
+        with torch.no_grad():
+            both = self.frozen(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                               encoder_hidden_states=torch.cat([self.uncond.expand_as(c_target), c_target])).sample
+            e_u, e_c = both.chunk(2)
+            return negative_guidance_target(e_u, e_c, self.ft.eta)
+
+    def preserve_loss(self, step: int) -> torch.Tensor:
+        """Optional preservation term: preservation prompts keep the frozen model's noise prediction."""
+        k_t, k_tt, k_c, _, _ = self.keep.batch(self.parts, self.ft.batch_size, self.ft.seed, step, 3)
+        with torch.no_grad():
+            k_target = self.frozen(k_t, k_tt, encoder_hidden_states=k_c).sample
+        return forget_loss(self.parts.unet(k_t, k_tt, encoder_hidden_states=k_c).sample, k_target)
+
+    def with_preservation(self, loss: torch.Tensor, step: int, info: dict) -> torch.Tensor:
+        if self.ft.preserve_weight > 0:
+            l_keep = self.preserve_loss(step)
+            info["l_keep"] = l_keep.item()
+            loss = loss + self.ft.preserve_weight * l_keep
+        return loss
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward, gradients masked to `self.mask`, Adam step."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for k, p in self.params.items():
+            if p.grad is not None and k in self.mask:
+                p.grad.mul_(expand_mask(self.mask[k], p))
+        self.opt.step()
+
+    def mask_info(self) -> dict:
+        return {"mask_size": mask_size(self.mask)} if self.mask else {}
+
+    # -- checkpointing (safetensors-friendly flat tensors) ---------------------------
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_extra_state(self, t: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, p in self.params.items():
+            out[f"param.{k}"] = p.detach()
+            st = self.opt.state.get(p) if self.opt else None
+            if st:
+                out[f"adam.{k}.exp_avg"], out[f"adam.{k}.exp_avg_sq"] = st["exp_avg"], st["exp_avg_sq"]
+                out[f"adam.{k}.step"] = torch.as_tensor(st["step"]).reshape(1)
+        for k, m in self.mask.items():
+            out[f"mask.{k}"] = m
+        out.update(self.extra_state())
+        return out
+
+    def load_state_tensors(self, t: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(t[f"param.{k}"])
+                if f"adam.{k}.exp_avg" in t:
+                    self.opt.state[p] = {"step": t[f"adam.{k}.step"].reshape(()).clone(),
+                                         "exp_avg": t[f"adam.{k}.exp_avg"].clone(),
+                                         "exp_avg_sq": t[f"adam.{k}.exp_avg_sq"].clone()}
+            self.mask = {k.removeprefix("mask."): v.clone() for k, v in t.items() if k.startswith("mask.")} or self.mask
+        self.load_extra_state(t)

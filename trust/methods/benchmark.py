@@ -1,0 +1,385 @@
+"""Side-by-side benchmark of the unlearning methods on one world concept, one seed, one run.
+
+For each configuration (TRUST-CIP, TRUST-CSR, TRUST with a static mask, ESD-x, ESD-u, SalUn,
+ConceptPrune, full fine-tuning) it measures:
+- steps and wall-clock to reach the erasure bar: target detection rate <= `bar` by the world
+  classifier on held-out target prompts, checked every `check_every` steps on a small
+  fixed-seed sample (checking time is not counted);
+- total wall-clock (method set-up, incl. TRUST's initial localisation and SalUn's mask, plus
+  training steps; the shared reference images are made once and not counted);
+- peak memory above the run's start: torch.cuda.max_memory_allocated on GPU, else the peak
+  resident set size sampled every 5 ms (/proc/self/statm);
+- trainable parameters (entries with requires_grad) and weights actually changed;
+- erasure (target detection rate) and preservation (mean detection rate of kept concepts) on
+  a larger held-out sample at the end; ratios against SalUn; TRUST's mask re-estimation share.
+Writes methods.json, methods.md and methods.png into `out`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from trust.config import Params
+from trust.methods.data import ForgetData
+from trust.methods.registry import method_class
+from trust.methods.saliency import cross_attention_params
+from trust.methods.scorers import build_scorer
+from trust.sampling import generate
+
+
+@dataclass
+class Run:
+    label: str
+    method: str
+    overrides: dict = field(default_factory=dict)
+
+
+# Baseline settings for the 16px world (their papers' lr are for SD v1.4 and ~1000 steps);
+# the baselines run without TRUST's optional preservation term, as published.
+DEFAULT_RUNS = [
+    Run("TRUST-CIP", "trust", {"loss": "cip"}),
+    Run("TRUST-CSR", "trust", {"loss": "csr"}),
+    Run("TRUST-static", "trust", {"loss": "cip", "dynamic": False}),
+    Run("ESD-x", "esd", {"esd_variant": "x", "lr": 1e-3, "preserve_weight": 0.0}),
+    Run("ESD-u", "esd", {"esd_variant": "u", "lr": 5e-4, "preserve_weight": 0.0}),
+    Run("SalUn", "salun", {"lr": 5e-4, "preserve_weight": 0.0}),
+    Run("ConceptPrune", "conceptprune", {"preserve_weight": 0.0}),
+    Run("full", "full", {"lr": 5e-4, "preserve_weight": 0.0}),
+]
+
+
+@dataclass
+class BenchSettings:
+    steps: int = 200
+    check_every: int = 10
+    bar: float = 0.10
+    check_images: int = 16  # fixed-seed sample for the bar check
+    eval_images: int = 48  # final erasure sample (held-out target prompts)
+    keep_images: int = 16  # final sample per kept concept
+    sample_steps: int = 10
+    guidance: float = 4.0
+    references: int | None = None  # None: finetune.references
+    stop_at_bar: bool = True
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, steps: int | None = None) -> "BenchSettings":
+        return cls(steps=steps or 4, check_every=2, check_images=4, eval_images=4, keep_images=2, sample_steps=4,
+                   references=4)
+
+
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+class PeakMemory:
+    """Peak memory above the level at start: CUDA allocator on GPU, sampled RSS on CPU.
+
+    On CPU (glibc), large blocks are forced to mmap (returned to the OS when freed) and the
+    heap is trimmed at the start, so memory freed by an earlier run does not hide a later
+    run's allocations.
+    """
+
+    _mallopt_done = False
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if not self.cuda:
+            import gc
+
+            gc.collect()
+            libc = _libc()
+            if libc is not None:
+                if not PeakMemory._mallopt_done:
+                    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, no dynamic growth
+                    PeakMemory._mallopt_done = True
+                libc.malloc_trim(0)
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
+        self.start = self.peak = self.rss()
+        self.stop = threading.Event()
+
+        def sample():
+            while not self.stop.wait(0.005):
+                self.peak = max(self.peak, self.rss())
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.bytes = max(self.peak, self.rss()) - self.start
+        self.kind = "cuda max_memory_allocated" if self.cuda else "RSS (sampled 5 ms)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def detection_rate(parts, classifier, prompts: list[str], seeds: list[int], want: dict[str, str], steps: int,
+                   guidance: float) -> float:
+    from trust.stages.evaluate import detected
+
+    images = generate(parts, prompts, seeds, steps=steps, guidance=guidance)
+    hits = detected(classifier.predict(images.to(next(classifier.parameters()).device)), want)
+    return sum(hits) / len(hits)
+
+
+def _cycle(items: list[str], n: int) -> list[str]:
+    return [items[i % len(items)] for i in range(n)]
+
+
+def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
+              settings: BenchSettings | None = None, out: Path | None = None, progress: bool = True,
+              log=print) -> dict:
+    """Benchmark `runs` on `parts` (left unchanged). Returns the results dict (also written to `out`)."""
+    from trust.concepts import build_prompt_sets
+
+    runs = runs or DEFAULT_RUNS
+    s = settings or BenchSettings()
+    device = parts.unet.device
+    concept = params.concept
+    sets = build_prompt_sets(concept, params.prompts)
+    held_target = [r["prompt"] for r in sets["target"]["eval"]]
+    check_prompts = _cycle(held_target, s.check_images)
+    check_seeds = [s.seed * 7919 + 11 + i for i in range(s.check_images)]
+    eval_prompts = _cycle(held_target, s.eval_images)
+    eval_seeds = [s.seed * 7919 + 100_000 + i for i in range(s.eval_images)]
+    keep_sets = []
+    for want in concept.keep:
+        shows = [r["prompt"] for r in sets["preserve"]["eval"] if all(r["labels"].get(h) == v for h, v in want.items())]
+        if shows:
+            keep_sets.append((want, _cycle(shows, s.keep_images),
+                              [s.seed * 7919 + 200_000 + i for i in range(s.keep_images)]))
+
+    def measure(p) -> tuple[float, float, dict]:
+        erasure = detection_rate(p, classifier, eval_prompts, eval_seeds, concept.detect, s.sample_steps, s.guidance)
+        keep = {"/".join(f"{h}:{v}" for h, v in w.items()): detection_rate(p, classifier, pr, sd, w, s.sample_steps,
+                                                                           s.guidance) for w, pr, sd in keep_sets}
+        return erasure, (sum(keep.values()) / len(keep) if keep else float("nan")), keep
+
+    base_state = {k: v.detach().clone() for k, v in parts.unet.state_dict().items()}
+    references = s.references or params.finetune.references
+    t0 = time.perf_counter()
+    data = ForgetData.build(parts, sets["target"]["train"], references, params.finetune.seed)
+    keep_data = ForgetData.build(parts, sets["preserve"]["train"], references, params.finetune.seed + 1)
+    data_s = time.perf_counter() - t0
+    base_erasure, base_pres, base_keep = measure(parts)
+    log(f"base model: target rate {base_erasure:.2f}, kept concepts {base_pres:.2f} (references in {data_s:.1f}s)")
+
+    rows = []
+    for run in runs:
+        ft = params.finetune.model_copy(update={"method": run.method, "steps": s.steps, "references": references,
+                                                **run.overrides})
+        ft = type(ft).model_validate(ft.model_dump())  # validate the overrides
+        loc = params.localize
+        p = copy.copy(parts)
+        p.unet = copy.deepcopy(parts.unet)
+        cls = method_class(run.method)
+        steps_to_bar = time_to_bar = None
+        checks, step_s, reest_s, history = [], 0.0, 0.0, []
+        with PeakMemory(device) as mem:
+            _sync(device)
+            t_setup = time.perf_counter()
+            scorer = mask = None
+            if run.method == "trust":  # the localize stage's work counts for TRUST
+                scorer = build_scorer(loc, p, data, classifier=classifier, detect=concept.detect)
+                mask = scorer.mask(p.unet, p.unet, cross_attention_params(p.unet, loc.modules), loc.seed, 0, 0)
+            method = cls(p, data, ft, loc, mask, keep=keep_data if cls.needs_keep(ft) else None, scorer=scorer)
+            _sync(device)
+            setup_s = time.perf_counter() - t_setup
+            done = 0
+            for step in range(ft.steps):
+                t1 = time.perf_counter()
+                info = method.step(step)
+                _sync(device)
+                step_s += time.perf_counter() - t1
+                reest_s += info.get("reestimate_s", 0.0)
+                history.append(info)
+                done = step + 1
+                if done % s.check_every == 0 or method.finished or done == ft.steps:
+                    rate = detection_rate(p, classifier, check_prompts, check_seeds, concept.detect,
+                                          s.sample_steps, s.guidance)
+                    checks.append({"step": done, "rate": rate, "seconds": setup_s + step_s})
+                    if steps_to_bar is None and rate <= s.bar:
+                        steps_to_bar, time_to_bar = done, setup_s + step_s
+                        if s.stop_at_bar:
+                            break
+                if method.finished:
+                    break
+        erasure, preservation, keep = measure(p)
+        tuned = p.unet.state_dict()
+        changed = int(sum(int((tuned[k] != v).sum()) for k, v in base_state.items()))
+        row = {
+            "label": run.label, "method": run.method, "settings": {k: v for k, v in run.overrides.items()},
+            "lr": ft.lr, "steps_run": done, "steps_to_bar": steps_to_bar, "time_to_bar_s": time_to_bar,
+            "setup_s": setup_s, "train_s": step_s, "total_s": setup_s + step_s,
+            "s_per_step": step_s / max(done, 1), "peak_memory_bytes": mem.bytes,
+            "trainable_parameters": method.trainable_parameters(), "changed_parameters": changed,
+            "erasure_target_rate": erasure, "preservation": preservation, "keep": keep,
+            "reestimate_share": (reest_s / step_s) if run.method == "trust" and step_s > 0 else None,
+            "checks": checks,
+        }
+        rows.append(row)
+        log(f"{run.label:13s} bar at step {steps_to_bar} ({_fmt(time_to_bar)}s), total {row['total_s']:.1f}s, "
+            f"target {erasure:.2f}, kept {preservation:.2f}, peak {mem.bytes / 2**20:.1f} MiB")
+        del method, p
+
+    salun = next((r for r in rows if r["method"] == "salun"), None)
+    for r in rows:
+        r["vs_salun"] = {k: _ratio(r[k], salun[k]) if salun else None
+                         for k in ("steps_to_bar", "time_to_bar_s", "total_s", "peak_memory_bytes")}
+    result = {
+        "concept": concept.name, "detect": concept.detect, "bar": s.bar, "seed": s.seed,
+        "device": str(device), "memory": mem.kind, "torch_threads": torch.get_num_threads(),
+        "settings": s.__dict__, "finetune_base": params.finetune.model_dump(mode="json"),
+        "localize": params.localize.model_dump(mode="json"),
+        "base": {"target_rate": base_erasure, "preservation": base_pres, "keep": base_keep, "references_s": data_s},
+        "runs": rows,
+    }
+    if out is not None:
+        write_results(result, Path(out))
+    return result
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def _fmt(x, spec=".1f"):
+    return "-" if x is None else format(x, spec)
+
+
+def markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = [
+        f"# Method benchmark: erase '{result['concept']}' (world, seed {result['seed']}, one run)",
+        "",
+        f"Bar: target detection rate <= {result['bar']} on {s['check_images']} fixed-seed held-out target images, "
+        f"checked every {s['check_every']} steps (check time not counted); at most {s['steps']} steps. "
+        f"Erasure/preservation: {s['eval_images']} held-out target images, {s['keep_images']} per kept concept. "
+        f"Device {result['device']}, torch threads {result['torch_threads']}, memory = {result['memory']}. "
+        f"Base model: target rate {result['base']['target_rate']:.2f}, preservation {result['base']['preservation']:.2f}.",
+        "",
+        "| method | lr | steps to bar | time to bar (s) | total (s) | s/step | peak mem (MiB) | trainable params "
+        "| changed params | target rate | preservation | mask re-est. share | steps vs SalUn | time vs SalUn "
+        "| memory vs SalUn |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        v = r["vs_salun"]
+        lines.append(
+            f"| {r['label']} | {r['lr']:g} | {_fmt(r['steps_to_bar'], 'd')} | {_fmt(r['time_to_bar_s'])} "
+            f"| {r['total_s']:.1f} | {r['s_per_step']:.3f} | {r['peak_memory_bytes'] / 2**20:.1f} "
+            f"| {r['trainable_parameters']:,} | {r['changed_parameters']:,} | {r['erasure_target_rate']:.2f} "
+            f"| {r['preservation']:.2f} | {_fmt(r['reestimate_share'], '.0%')} | {_fmt(v['steps_to_bar'], '.2f')} "
+            f"| {_fmt(v['time_to_bar_s'], '.2f')} | {_fmt(v['peak_memory_bytes'], '.2f')} |")
+    lines += ["", "'-': bar not reached within the step budget (or no SalUn run to compare with). "
+                  "Total = method set-up (TRUST: initial localisation; SalUn: its saliency mask) + training steps.", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    labels = [r["label"] for r in runs]
+    panels = [
+        ("time to bar (s); hatched: bar not reached, total shown", [r["time_to_bar_s"] or r["total_s"] for r in runs],
+         [r["time_to_bar_s"] is None for r in runs]),
+        ("steps to bar", [r["steps_to_bar"] or r["steps_run"] for r in runs], [r["steps_to_bar"] is None for r in runs]),
+        ("peak memory (MiB)", [r["peak_memory_bytes"] / 2**20 for r in runs], None),
+        ("trainable parameters", [max(r["trainable_parameters"], 1) for r in runs], None),
+        ("target detection rate (lower = erased)", [r["erasure_target_rate"] for r in runs], None),
+        ("kept-concept detection rate (higher = preserved)", [r["preservation"] for r in runs], None),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    for ax, (title, vals, hatch) in zip(axes.flat, panels):
+        bars = ax.bar(range(len(vals)), vals, color=["#c0392b" if r["method"] == "trust" else "#7f8c8d" for r in runs])
+        for b, h in zip(bars, hatch or []):
+            if h:
+                b.set_hatch("//")
+                b.set_alpha(0.5)
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        if title.startswith("trainable"):
+            ax.set_yscale("log")
+    axes.flat[4].axhline(result["bar"], color="k", ls="--", lw=0.8)
+    fig.suptitle(f"erasing '{result['concept']}' on the world: one seed, one run", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "methods.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "methods.md").write_text(markdown(result))
+    plot(result, out / "methods.png")
+
+
+def select_runs(names: str | None) -> list[Run]:
+    if not names:
+        return DEFAULT_RUNS
+    want = [n.strip() for n in names.split(",") if n.strip()]
+    known = {r.label.lower(): r for r in DEFAULT_RUNS}
+    missing = [n for n in want if n.lower() not in known]
+    if missing:
+        raise ValueError(f"unknown benchmark run(s) {missing}; runs: {', '.join(r.label for r in DEFAULT_RUNS)}")
+    return [known[n.lower()] for n in want]
+
+
+def run_from_params(params_path: Path, out: Path, steps: int | None = None, quick: bool = False,
+                    check_every: int | None = None, runs: str | None = None, stop_at_bar: bool = True,
+                    root: Path | None = None, log=print) -> dict:
+    """Load params.yaml, the base model and the world classifier, then `run_bench`."""
+    from trust.config import load_params
+    from trust.models import load_model
+    from trust.stages.paths import base_model
+    from trust.world.classifier import ConceptClassifier
+
+    root = root or Path.cwd()
+    params = load_params(params_path)
+    if not params.uses_world:
+        raise ValueError("the method benchmark needs the world (model.base = world.model_dir): its classifier "
+                         "is the detector")
+    parts = load_model(base_model(params.model.base, root), device=params.model.device)
+    classifier = ConceptClassifier.load(base_model(params.world.classifier_dir, root)).to(parts.unet.device)
+    settings = BenchSettings.quick(steps) if quick else BenchSettings(steps=steps or BenchSettings.steps)
+    if check_every:
+        settings.check_every = check_every
+    settings.stop_at_bar = stop_at_bar
+    return run_bench(parts, classifier, params, select_runs(runs), settings, out, log=log)
