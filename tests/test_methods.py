@@ -55,7 +55,7 @@ def _method(world, world_data, case: str, **extra):
 
 
 def test_registry_lists_all_methods():
-    assert set(METHODS) == {"trust", "esd", "salun", "conceptprune", "full"}
+    assert set(METHODS) == {"trust", "esd", "salun", "conceptprune", "full", "ant"}
     with pytest.raises(ValueError, match="unknown finetune.method"):
         build_method("nope", None, None, None, None)
 

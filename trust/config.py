@@ -111,11 +111,12 @@ class FinetuneParams(_Strict):
     """How the concept is erased. `method` picks one unlearning method (docs/METHODS.md);
     fields prefixed by a method's name apply to that method only."""
 
-    method: Literal["trust", "esd", "salun", "conceptprune", "full"] = Field(
+    method: Literal["trust", "esd", "salun", "conceptprune", "full", "ant"] = Field(
         "trust", description="trust: dynamic-mask selective fine-tuning of cross-attention rows; esd: Erased Stable "
                              "Diffusion (negative guidance, esd_variant); salun: static saliency mask + retain loss; "
                              "conceptprune: training-free pruning of ff.net.2 weights (ends after its first step); "
-                             "full: forget loss on every UNet weight")
+                             "full: forget loss on every UNet weight; ant: trajectory-aware loss (preserve early, "
+                             "erase mid-to-late steps) under an intersected saliency mask")
     seed: int = 0
     steps: int = Field(60, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -155,6 +156,43 @@ class FinetuneParams(_Strict):
     conceptprune_timesteps: int = Field(10, ge=1, description="conceptprune: union over the first N DDIM timesteps")
     conceptprune_ddim_steps: int = Field(50, ge=1, description="conceptprune: DDIM schedule the timesteps come from")
     conceptprune_guidance: float = Field(4.0, ge=1.0, description="conceptprune: guidance of the sampled trajectory")
+    # ANT (Set You Straight). Defaults: the paper's nudity setting (SD v1.4: 50 DDIM steps, t'=43,
+    # lambda=(1.0, 0.5, 0.5)); t'/N is what carries over to another schedule length. The learning
+    # rate and step count are the shared `lr` / `steps` (paper: lr 5e-4 on SD).
+    ant_split_step: int = Field(
+        43, ge=1, description="ant: t', the split step, as an index k of an ant_ddim_steps-step DDIM schedule "
+                              "counted in diffusion time (k=0 the least noisy DDIM timestep, k=N-1 the noisiest). "
+                              "It becomes the training timestep t'_train = the k-th smallest DDIM timestep "
+                              "(leading spacing, 1000 train steps, N=50: k*20+1, so 43 -> 861). "
+                              "L_preserve and L_uncond-early use t1 ~ U{t'_train..T_train-1} (early = high noise), "
+                              "L_erase and L_uncond-late t2 ~ U{0..t'_train-1}")
+    ant_ddim_steps: int = Field(50, ge=2, description="ant: N, the DDIM schedule length ant_split_step indexes")
+    ant_l1: float = Field(1.0, ge=0, description="ant: lambda1, weight of L_erase (paper nudity 1.0; celebrity/"
+                                                 "style 0.4)")
+    ant_l2: float = Field(0.5, ge=0, description="ant: lambda2, weight of L_uncond-early (paper 0.5)")
+    ant_l3: float = Field(0.5, ge=0, description="ant: lambda3, weight of L_uncond-late (paper nudity 0.5; "
+                                                 "celebrity/style 0.2)")
+    ant_eta: float = Field(1.0, ge=0, description="ant: eta, guidance scale of delta(c) = eps*(x_t,t,c) - "
+                                                  "eps*(x_t,t,empty) in the preserve (+eta) and erase (-eta) targets")
+    ant_scope: Literal["unet", "attn2", "non_attn2"] = Field(
+        "unet", description="ant: UNet weights the saliency mask is computed over (and training may touch)")
+    ant_gamma: float = Field(
+        1e-5, ge=0, description="ant: gamma, a weight is salient in one map when |grad L| >= gamma (absolute; "
+                                "the scale depends on the model: check mask_history; on the world 1e-5 leaves "
+                                "~2% of the UNet after 52 maps, 1e-4 only ~900 weights)")
+    ant_seeds: int = Field(4, ge=1, description="ant: N_s, seeds per concept prompt in the saliency maps")
+    ant_max_maps: int = Field(
+        100, ge=1, description="ant: at most this many maps (prompts x seeds) are intersected (paper: the active "
+                               "count levels off after ~100)")
+    ant_saliency_batch: int = Field(1, ge=1, description="ant: reference images per saliency map (of that prompt)")
+    ant_lora_rank: int = Field(4, ge=1, description="ant multi-concept: rank of each concept's LoRA on attn2 "
+                                                    "to_k/to_v")
+    ant_lora_alpha: float = Field(4.0, gt=0, description="ant multi-concept: LoRA alpha (scaling alpha/rank)")
+    ant_fusion_beta: float = Field(1.0, ge=0, description="ant multi-concept: beta, weight of the preservation "
+                                                          "embeddings in the closed-form fusion (Eq. 7)")
+    ant_fusion_ridge: float = Field(
+        1e-6, ge=0, description="ant multi-concept: tiny ridge lam*||W* - W||^2 added to Eq. 7 for a well-posed "
+                                "solve; lam = ant_fusion_ridge * mean diagonal of the normal matrix")
 
     @model_validator(mode="after")
     def _timesteps_fit(self) -> "FinetuneParams":
@@ -243,6 +281,18 @@ class EvaluateParams(_Strict):
                           "and clean-fid use) for standard FID; without it only the world classifier's Frechet "
                           "distance is reported")
     report: bool = Field(True, description="write outputs/evaluate/report.html")
+    distributed: bool = Field(
+        False, description="generate the evaluation images in shards over Dask workers (a Prefect flow with "
+                           "prefect-dask's DaskTaskRunner; each worker loads model.base and the delta from their "
+                           "folders and checks the model fingerprint); false: in this process")
+    dask_address: str | None = Field(
+        None, description="scheduler of an existing Dask cluster (e.g. tcp://host:8786) whose workers read "
+                          "model.base and the delta at the same absolute paths; null: a LocalCluster of `workers` "
+                          "single-threaded worker processes (distributed: true only)")
+    workers: int = Field(2, ge=1, description="LocalCluster worker processes (distributed: true, no dask_address)")
+    shard_size: int = Field(
+        64, ge=1, description="(prompt, seed) pairs per shard, sampled as one batch; the serial path samples in "
+                              "batches of the same size, so both paths give identical images")
 
 
 class GateParams(_Strict):

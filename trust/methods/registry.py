@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from trust.methods.ant import AntMethod
 from trust.methods.base import Method
 from trust.methods.conceptprune import ConceptPruneMethod
 from trust.methods.esd import EsdMethod
@@ -15,6 +16,7 @@ METHODS: dict[str, type[Method]] = {
     "salun": SalunMethod,
     "conceptprune": ConceptPruneMethod,
     "full": FullMethod,
+    "ant": AntMethod,
 }
 
 

@@ -26,10 +26,10 @@ from trust.concepts import labels_of
 from trust.config import Params
 from trust.delta import apply_delta
 from trust.detectors import build_detector
+from trust.generation import GenerationSettings, ModelSource, generate_images
 from trust.metrics import InceptionFeatures, fid, mean_drop, preservation, world_frechet
 from trust.models import KIND_WORLD, load_model
 from trust.report import Example, write_report
-from trust.sampling import generate
 from trust.stages import paths, prompts
 from trust.tracking import stage_run
 from trust.utils.fs import staged_dir
@@ -118,11 +118,17 @@ def run(params: Params, root: Path) -> dict:
     prompts_rep = [p for p in all_prompts for _ in range(ev.samples_per_prompt)]
     seeds = [ev.seed * 1_000_003 + i for i in range(len(prompts_rep))]
 
-    base_imgs = generate(parts, prompts_rep, seeds, ev.steps, ev.guidance)
+    # Serial by default; with evaluate.distributed, Dask workers load the base folder (+ the delta)
+    # themselves and check its fingerprint against the model loaded here (trust/generation).
+    gen = GenerationSettings.from_params(ev)
+    base_dir, delta = paths.base_model(params.model.base, root), root / paths.DELTA
     fingerprint = parts.fingerprint()
+    base_imgs = generate_images(prompts_rep, seeds, ev.steps, ev.guidance, gen, parts=parts,
+                                source=ModelSource.of(base_dir, fingerprint, device=params.model.device))
     original = copy.deepcopy(parts)  # the pre-erasure model: attacks need it (reference images, P4D)
-    apply_delta(parts, root / paths.DELTA)
-    tuned_imgs = generate(parts, prompts_rep, seeds, ev.steps, ev.guidance)
+    apply_delta(parts, delta)
+    tuned_src = ModelSource.of(base_dir, parts.fingerprint(), delta, params.model.device) if gen.distributed else None
+    tuned_imgs = generate_images(prompts_rep, seeds, ev.steps, ev.guidance, gen, parts=parts, source=tuned_src)
     base_lab, tuned_lab = classifier.predict(base_imgs), classifier.predict(tuned_imgs)
 
     n_t = len(target) * ev.samples_per_prompt

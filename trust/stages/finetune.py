@@ -30,7 +30,8 @@ from trust.utils.fs import staged_dir
 from trust.utils.safetensors_io import load_tensors, save_tensors, write_json
 
 console = Console(stderr=True)
-CURVE_KEYS = ("loss", "l_prev", "l_reg", "l_keep", "l_retain", "mask_size", "jaccard", "reestimate_s")
+CURVE_KEYS = ("loss", "l_prev", "l_reg", "l_keep", "l_retain", "mask_size", "jaccard", "reestimate_s",
+              "l_preserve", "l_erase", "l_uncond_early", "l_uncond_late", "ant_maps")  # ANT terms
 
 
 def _digest(params: Params, fingerprint: str, sets: dict, mask: dict) -> str:
