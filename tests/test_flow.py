@@ -113,3 +113,27 @@ def test_failed_gate_leaves_production_where_it_was(project):
     assert str(client.get_model_version_by_alias("trust-world-circle", "candidate").version) == "3"
     # One attempt only: a failed gate is a verdict, not a transient failure to retry.
     assert len(client.search_model_versions("name='trust-world-circle'")) == 3
+
+
+def test_parameter_sweep_runs_as_dvc_experiments(project):
+    """`dvc exp run -S finetune.lr=...` reruns finetune and evaluate with the override and
+    records the params and metrics of each experiment; targeting `evaluate` registers nothing."""
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TRUST_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    versions = len(_client(project).search_model_versions("name='trust-world-circle'"))
+    for lr in ("0.002", "0.006"):
+        res = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "evaluate", "-S", f"finetune.lr={lr}",
+                              "-n", f"lr-{lr}"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        assert "Running stage 'finetune'" in res.stdout and "Running stage 'register'" not in res.stdout
+    show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    import json
+
+    exps = {e["name"]: e for base in json.loads(show.stdout) for e in (base.get("experiments") or [])}
+    for lr in (0.002, 0.006):
+        data = exps[f"lr-{lr}"]["revs"][0]["data"]
+        assert data["params"]["params.yaml"]["data"]["finetune"]["lr"] == lr
+        assert "target_rate" in data["metrics"]["metrics/evaluate.json"]["data"]
+    assert len(_client(project).search_model_versions("name='trust-world-circle'")) == versions
