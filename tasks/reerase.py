@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,14 +104,7 @@ def force_prompts(folder: Path, params: Params, prompts: list[str]) -> dict:
 @contextmanager
 def group_run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
     """A nested MLflow run grouping stage runs (e.g. the production check's prompts + evaluate)."""
-    parent = os.environ.get(tracking.PARENT_ENV)
-    if mlflow.active_run() is not None:
-        run = mlflow.start_run(run_name=name, nested=True, tags=tags)
-    elif parent:
-        exp_id = MlflowClient().get_run(parent).info.experiment_id
-        run = mlflow.start_run(run_name=name, parent_run_id=parent, experiment_id=exp_id, tags=tags)
-    else:
-        run = mlflow.start_run(run_name=name, tags=tags)
+    run = tracking.start_child_run(name, tags)
     try:
         yield run
     except BaseException:
@@ -247,8 +239,8 @@ def register(prod: dict, check: dict, params_path: str, root: str, folder: str) 
     """Package the composed delta and register it: alias `candidate`, `production` only if the
     gates pass; the version's lineage names the production version it started from."""
     from trust.delta import read_delta
-    from trust.registry import register_version, write_model_card, gate_results
-    from trust.stages.register import GRIDS
+    from trust.registry import register_version
+    from trust.stages.register import build_package
     from trust.utils.fs import staged_dir
     from trust.utils.safetensors_io import write_json
 
@@ -272,23 +264,12 @@ def register(prod: dict, check: dict, params_path: str, root: str, folder: str) 
                            "added_prompts": len(added)}}
     with tracking.stage_run("register", section, ws, base_fingerprint=lineage["base_fingerprint"]) as run_:
         with staged_dir(ws / paths.REGISTER_DIR) as out:
-            package = out / "package"
-            package.mkdir()
-            shutil.copy2(ws / paths.DELTA, package / "delta.safetensors")
-            shutil.copy2(ws / paths.PROMPTS, package / "prompts.json")
-            write_json(check["successful"], package / "successful_prompts.json")
-            write_json({"base_model": prod["base_model"], "base_fingerprint": lineage["base_fingerprint"],
-                        "method": lineage["method"], "kind": "trust-delta-v1", "parent_version": prod["pinned"]},
-                       package / "pipeline.json")
-            grids = []
-            for name, sub in GRIDS.items():
-                if (ws / sub / name).is_file():
-                    shutil.copy2(ws / sub / name, package / name)
-                    grids.append(name)
-            gates = gate_results(metrics, params.registry.gates)
-            write_model_card(package / "model_card.md", params, metrics, gates, lineage, grids)
-            with open(package / "model_card.md", "a") as card:
-                card.write(f"\n## Re-erasure\n\nFine-tuned again from `{prod['pinned']}` (leak rate "
+            package = build_package(
+                out / "package", ws, params, metrics, lineage,
+                {"base_model": prod["base_model"], "base_fingerprint": lineage["base_fingerprint"],
+                 "method": lineage["method"], "kind": "trust-delta-v1", "parent_version": prod["pinned"]},
+                extra_json={"successful_prompts.json": check["successful"]},
+                card_extra=f"\n## Re-erasure\n\nFine-tuned again from `{prod['pinned']}` (leak rate "
                            f"{check['leak_rate']:.3f} > gate {check['gate']}), with {len(added)} successful "
                            "prompt(s) added to the forget prompts:\n\n" + "".join(f"- `{a}`\n" for a in added))
             result = register_version(params, root_p, package, metrics, lineage, run_id=run_.run_id)

@@ -213,6 +213,19 @@ class StageRun:
             raise FileNotFoundError(f"artifact {path} does not exist")
 
 
+def start_child_run(name: str, tags: dict[str, str]) -> mlflow.ActiveRun:
+    """Start a run under the flow's parent run, wherever that parent is known from."""
+    parent = os.environ.get(PARENT_ENV)
+    if mlflow.active_run() is not None:  # in the flow's own process: nest under the active run
+        return mlflow.start_run(run_name=name, nested=True, tags=tags)
+    if parent:
+        # A stage subprocess (DVC, Prefect): the parent is known only from the environment.
+        # The child goes into the parent's experiment so the run tree stays in one place.
+        exp_id = MlflowClient().get_run(parent).info.experiment_id
+        return mlflow.start_run(run_name=name, parent_run_id=parent, experiment_id=exp_id, tags=tags)
+    return mlflow.start_run(run_name=name, tags=tags)
+
+
 @contextmanager
 def stage_run(stage: str, section: dict, root: Path, base_fingerprint: str | None = None) -> Iterator[StageRun]:
     """One stage's run, nested under `TRUST_PARENT_RUN_ID` when set, else standalone.
@@ -228,17 +241,7 @@ def stage_run(stage: str, section: dict, root: Path, base_fingerprint: str | Non
     if base_fingerprint:
         tags["trust.base_fingerprint"] = base_fingerprint
 
-    parent = os.environ.get(PARENT_ENV)
-    if mlflow.active_run() is not None:  # in the flow's own process: nest under the active run
-        active = mlflow.start_run(run_name=stage, nested=True, tags=tags)
-    elif parent:
-        # A stage subprocess (DVC, Prefect): the parent is known only from the environment.
-        # The child goes into the parent's experiment so the run tree stays in one place.
-        exp_id = MlflowClient().get_run(parent).info.experiment_id
-        active = mlflow.start_run(run_name=stage, parent_run_id=parent, experiment_id=exp_id, tags=tags)
-    else:
-        active = mlflow.start_run(run_name=stage, tags=tags)
-
+    active = start_child_run(stage, tags)
     with _ended(active):
         flat = flatten(section)
         if flat:

@@ -26,6 +26,29 @@ class GateFailed(RuntimeError):
     """The evaluation did not pass a registration gate; `production` was left where it was."""
 
 
+def build_package(package: Path, root: Path, params: Params, metrics: dict, lineage: dict, pipeline: dict,
+                  extra_json: dict[str, object] | None = None, card_extra: str = "") -> Path:
+    """The registered folder: delta, prompts, pipeline.json (what rebuilds the model from its
+    base), the grids the stages made under `root`, and the model card with the gate verdicts."""
+    package.mkdir()
+    shutil.copy2(root / paths.DELTA, package / "delta.safetensors")
+    shutil.copy2(root / paths.PROMPTS, package / "prompts.json")
+    for name, data in (extra_json or {}).items():
+        write_json(data, package / name)
+    write_json(pipeline, package / "pipeline.json")
+    grids = []
+    for name, folder in GRIDS.items():
+        if (root / folder / name).is_file():
+            shutil.copy2(root / folder / name, package / name)
+            grids.append(name)
+    gates = gate_results(metrics, params.registry.gates)
+    write_model_card(package / "model_card.md", params, metrics, gates, lineage, grids)
+    if card_extra:
+        with open(package / "model_card.md", "a") as card:
+            card.write(card_extra)
+    return package
+
+
 def run(params: Params, root: Path) -> dict:
     metrics_path = root / paths.METRICS / "evaluate.json"
     if not metrics_path.is_file():
@@ -47,19 +70,9 @@ def run(params: Params, root: Path) -> dict:
     section = {"register": params.registry.model_dump(mode="json")}
     with stage_run("register", section, root, base_fingerprint=lineage["base_fingerprint"]) as run_:
         with staged_dir(root / paths.REGISTER_DIR) as out:
-            package = out / "package"
-            package.mkdir()
-            shutil.copy2(root / paths.DELTA, package / "delta.safetensors")
-            shutil.copy2(root / paths.PROMPTS, package / "prompts.json")
-            write_json({"base_model": str(base.resolve()), "base_fingerprint": lineage["base_fingerprint"],
-                        "method": lineage["method"], "kind": "trust-delta-v1"}, package / "pipeline.json")
-            grids = []
-            for name, folder in GRIDS.items():
-                if (root / folder / name).is_file():
-                    shutil.copy2(root / folder / name, package / name)
-                    grids.append(name)
-            gates = gate_results(metrics, params.registry.gates)
-            write_model_card(package / "model_card.md", params, metrics, gates, lineage, grids)
+            package = build_package(out / "package", root, params, metrics, lineage,
+                                    {"base_model": str(base.resolve()), "base_fingerprint": lineage["base_fingerprint"],
+                                     "method": lineage["method"], "kind": "trust-delta-v1"})
             result = register_version(params, root, package, metrics, lineage, run_id=run_.run_id)
             write_json(result, out / "registration.json")
             shutil.copy2(package / "model_card.md", out / "model_card.md")
