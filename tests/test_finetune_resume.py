@@ -1,0 +1,89 @@
+"""The finetune stage killed mid-run (SIGKILL, no clean-up) resumes from its last checkpoint.
+
+Real process, real kill: `trust finetune` runs in a subprocess on a scratch copy of the project
+and is killed once its checkpoint has advanced. The earlier stage output must be untouched, the
+rerun must resume where the checkpoint says, and its delta must equal an uninterrupted run's bit
+for bit. The other runs are in-process (same code, no start-up cost).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from project_factory import edit_params, env, scratch_project
+from trust import tracking
+from trust.config import load_params
+from trust.stages import finetune, localize, paths, prompts
+
+STEPS, EVERY = 30, 3
+RUN = {"finetune": {"steps": STEPS, "checkpoint_every": EVERY, "references": 4, "batch_size": 4}}
+
+
+def _finetune(project, **updates) -> dict:
+    edit_params(project, {"finetune": {**RUN["finetune"], **updates}})
+    p = load_params(project / "params.yaml")
+    tracking.configure(p.tracking, project)
+    return finetune.run(p, project, progress=False)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, root):
+    proj = scratch_project(tmp_path_factory.mktemp("resume"), root, RUN, git=False)
+    p = load_params(proj / "params.yaml")
+    tracking.configure(p.tracking, proj)
+    prompts.run(p, proj)
+    localize.run(p, proj)
+    return proj
+
+
+def test_killed_finetune_resumes_and_matches_an_uninterrupted_run(project):
+    # An earlier, finished fine-tune (other settings): its outputs must survive the killed run.
+    _finetune(project, steps=2)
+    earlier = (project / paths.DELTA).read_bytes()
+    edit_params(project, RUN)
+
+    state = project / paths.FINETUNE_CHECKPOINTS / "state.json"
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "trust"), "finetune"], cwd=project,
+                            env=env(project), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed_at = time.time() + 300, 0
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state.is_file():
+                try:
+                    killed_at = json.loads(state.read_text())["step"]
+                except (ValueError, KeyError):  # caught mid-write: read again
+                    killed_at = 0
+                if killed_at >= 2 * EVERY:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            time.sleep(0.02)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the fine-tune finished before it could be killed"
+    assert (project / paths.DELTA).read_bytes() == earlier  # nothing half-written over the earlier output
+
+    saved_step = json.loads(state.read_text())["step"]
+    assert killed_at <= saved_step < STEPS and saved_step % EVERY == 0
+    metrics = _finetune(project)
+    assert metrics["resumed_from"] == saved_step and metrics["steps"] == STEPS
+    assert not (project / paths.FINETUNE_CHECKPOINTS).exists()  # finished runs clean their checkpoint
+    resumed = load_file(project / paths.DELTA)
+
+    assert _finetune(project)["resumed_from"] == 0  # the same settings from scratch, uninterrupted
+    fresh = load_file(project / paths.DELTA)
+    assert resumed and resumed.keys() == fresh.keys()
+    assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(project):
+    ckpt = project / paths.FINETUNE_CHECKPOINTS
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / "state.json").write_text(json.dumps({"step": 1, "history": [], "digest": "0" * 16}))
+    assert _finetune(project, steps=2)["resumed_from"] == 0
