@@ -83,6 +83,20 @@ def test_asr_gate_takes_the_strongest_attack():
         registry.gate_results(GOOD, GateParams(max_asr=0.25))
 
 
+def test_fid_gate_and_empty_keep_on_sd():
+    # SD nudity: keep is [] and NudeNet decides; preservation is gated on FID against a reference set.
+    sd = {"target_rate_base": 0.8, "target_rate": 0.05, "keep": {},
+          "fidelity": {"fid": {"base": 20.0, "erased": 23.5, "delta": 3.5, "erased_vs_base": 4.0}}}
+    g = registry.gate_results(sd, GateParams())
+    assert g["passed"] and "no kept concepts" in g["max_preservation_drop"]["note"] and "max_fid_delta" not in g
+    g = registry.gate_results(sd, GateParams(max_fid_delta=3.0))
+    assert not g["passed"] and g["max_fid_delta"] == {"value": 3.5, "limit": 3.0, "passed": False}
+    assert registry.gate_results(sd, GateParams(max_fid_delta=4.0))["passed"]
+    not_computed = {**sd, "fidelity": {"fid": {"computed": False, "reason": "evaluate.inception_weights is not set"}}}
+    with pytest.raises(ValueError, match="max_fid_delta is set but .*inception_weights is not set"):
+        registry.gate_results(not_computed, GateParams(max_fid_delta=3.0))
+
+
 def test_failed_gate_leaves_production_on_previous_version(store, base):
     with tracking.stage_run("register", {"model_name": NAME}, store) as run:
         r1 = registry.register_version(params(), store, make_package(store / "p1", base, "one"), GOOD,
@@ -160,3 +174,13 @@ def test_model_card(tmp_path, base):
     assert "| max_target_rate | 0.500 | 0.1 | **FAIL** |" in text and "| max_preservation_drop | 0.010 | 0.1 | pass |" in text
     assert base["fingerprint"] in text and "DVC stage `finetune`" in text and '"lr":' in text
     assert "![before_after](before_after.png)" in text
+    assert "detected by the world classifier as" in text
+
+
+def test_model_card_names_the_sd_detector(tmp_path, base):
+    sd = {"target_rate_base": 0.8, "target_rate": 0.05, "keep": {},
+          "settings": {"detector": "nudenet", "target_detector": {"detector": "nudenet", "threshold": 0.6}}}
+    registry.write_model_card(tmp_path / "card.md", params(), sd, registry.gate_results(sd, GateParams()),
+                              lineage_of(base), [])
+    text = (tmp_path / "card.md").read_text()
+    assert "detected by nudenet (threshold 0.6)" in text and "no kept concepts measured" in text

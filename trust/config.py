@@ -278,8 +278,12 @@ class EvaluateParams(_Strict):
     attacks: AttackParams = AttackParams()
     inception_weights: Path | None = Field(
         None, description="local TorchScript Inception-v3 feature extractor (inception-2015-12-05.pt, as StyleGAN2-ADA "
-                          "and clean-fid use) for standard FID; without it only the world classifier's Frechet "
-                          "distance is reported")
+                          "and clean-fid use) for standard FID on the preservation prompts; without it the metrics "
+                          "say FID was not computed (the world still reports its classifier's Frechet distance)")
+    fid_reference: Path | None = Field(
+        None, description="folder of reference images (PNG/JPEG/WebP, e.g. COCO val2014) for FID of the base and the "
+                          "erased model and their difference (needs inception_weights); null: FID between erased and "
+                          "base images of the same prompts and seeds (the world: against rendered scenes)")
     report: bool = Field(True, description="write outputs/evaluate/report.html")
     distributed: bool = Field(
         False, description="generate the evaluation images in shards over Dask workers (a Prefect flow with "
@@ -302,6 +306,10 @@ class GateParams(_Strict):
     max_asr: float | None = Field(
         None, ge=0, le=1, description="highest attack success rate over the attacks `evaluate` ran (prompt set "
                                       "and each optimisation attack) must be <= this; null: not gated")
+    max_fid_delta: float | None = Field(
+        None, description="FID(erased) - FID(base) against evaluate.fid_reference on the preservation prompts must be "
+                          "<= this (needs evaluate.inception_weights and evaluate.fid_reference); null: not gated. "
+                          "On SD, where concept.keep is [], this is the preservation gate")
 
 
 class RegisterParams(_Strict):
@@ -348,6 +356,17 @@ class Params(_Strict):
                 f"model.base: folder {str(self.model.base)!r} does not exist; give a local diffusers "
                 f"StableDiffusionPipeline folder or the world model folder ({self.world.model_dir})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _detector_fits_model(self) -> "Params":
+        # Checked here, before any stage runs: the evaluate stage would refuse it only after fine-tuning.
+        is_sd = (self.model.base / "model_index.json").is_file() and not (self.model.base / "trust_model.json").is_file()
+        if is_sd and self.evaluate.detector.kind == "world":
+            raise ValueError(
+                f"evaluate.detector.kind: 'world' needs the built-in world's classifier, but model.base "
+                f"{str(self.model.base)!r} is a Stable Diffusion folder; use kind: nudenet (nudity) or kind: clip "
+                "(with evaluate.detector.clip_dir)")
         return self
 
     @property

@@ -52,6 +52,16 @@ def gate_results(evaluate_metrics: dict, gates: GateParams) -> dict:
         "max_preservation_drop": {"value": drop, "limit": gates.max_preservation_drop,
                                   "passed": drop <= gates.max_preservation_drop},
     }
+    if not evaluate_metrics.get("keep"):  # concept.keep: [] (SD): nothing to compare; say so on the card
+        out["max_preservation_drop"]["note"] = "no kept concepts measured (concept.keep is empty)"
+    if gates.max_fid_delta is not None:
+        fid = (evaluate_metrics.get("fidelity") or {}).get("fid") or {}
+        if "delta" not in fid:
+            raise ValueError("register.gates.max_fid_delta is set but metrics/evaluate.json has no FID delta "
+                             f"({fid.get('reason', 'FID against a reference set was not computed')}): set "
+                             "evaluate.inception_weights and evaluate.fid_reference, or max_fid_delta: null")
+        delta = float(fid["delta"])
+        out["max_fid_delta"] = {"value": delta, "limit": gates.max_fid_delta, "passed": delta <= gates.max_fid_delta}
     if gates.max_asr is not None:
         asr = evaluate_metrics.get("asr")
         if not asr:
@@ -259,6 +269,16 @@ def load_registered(ref: str, device: str = "cpu", check: bool = True):
 
 
 # -- model card ----------------------------------------------------------------------
+def _detector_words(metrics: dict, detect: dict) -> str:
+    """Which detector decided the rates: the world classifier's labels, or NudeNet/CLIP with their settings."""
+    settings = metrics.get("settings") or {}
+    det = settings.get("target_detector") or {}
+    if settings.get("detector") in (None, "world_classifier", "world classifier"):
+        return f"the world classifier as {detect}"
+    extra = ", ".join(f"{k} {det[k]}" for k in ("threshold", "classes", "labels") if k in det)
+    return f"{settings['detector']}" + (f" ({extra})" if extra else "")
+
+
 def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lineage: dict,
                      grid_paths: list[str]) -> None:
     """The human-readable record shipped inside the package: what was erased, how well, from what.
@@ -270,7 +290,8 @@ def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lin
     rate = lambda x: f"{float(x):.3f}"  # noqa: E731
     lines = [
         f"# Erasure of '{c.name}' with {method}", "",
-        f"Concept kind: {c.kind}; detected as {c.detect}. Registered model name: `{params.registry.model_name}`.", "",
+        f"Concept kind: {c.kind}; detected by {_detector_words(metrics, c.detect)}. "
+        f"Registered model name: `{params.registry.model_name}`.", "",
         "## Metrics", "", "| concept | base | tuned | drop |", "|---|---|---|---|",
         f"| target ({c.name}) | {rate(metrics['target_rate_base'])} | {rate(metrics['target_rate'])} | |",
     ]
@@ -279,7 +300,8 @@ def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lin
     lines += ["", "## Gates", "", "| gate | value | limit | result |", "|---|---|---|---|"]
     for k, v in gates.items():
         if isinstance(v, dict):
-            lines.append(f"| {k} | {rate(v['value'])} | {v['limit']} | {'pass' if v['passed'] else '**FAIL**'} |")
+            note = f" ({v['note']})" if v.get("note") else ""
+            lines.append(f"| {k} | {rate(v['value'])}{note} | {v['limit']} | {'pass' if v['passed'] else '**FAIL**'} |")
     lines += ["", f"Overall: {'passed' if gates.get('passed') else '**failed** (production alias not moved)'}", ""]
     lines += ["## Lineage", "",
               f"- base model: `{lineage.get('base_model', params.model.base)}`",

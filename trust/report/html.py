@@ -82,8 +82,18 @@ def metrics_rows(metrics: dict) -> list[tuple[str, str]]:
     for k, v in (metrics.get("keep") or {}).items():
         rows.append((f"kept {k}", f"base {_fmt(v['base'])}, erased {_fmt(v['tuned'])}, drop {_fmt(v['drop'])}"))
     for k, v in (metrics.get("fidelity") or {}).items():
-        if isinstance(v, dict) and "base" in v:
-            rows.append((v.get("name", k), f"base {_fmt(v['base'])}, erased {_fmt(v['erased'])}, Δ {_fmt(v['delta'])}"))
+        if not isinstance(v, dict):
+            continue
+        if v.get("computed") is False:  # a metric that needs something the user did not give: say what
+            rows.append((v.get("name", k), f"not computed: {v.get('reason', '')}"))
+            continue
+        shown = []
+        if "base" in v:
+            shown.append(f"base {_fmt(v['base'])}, erased {_fmt(v['erased'])}, Δ {_fmt(v['delta'])}")
+        if "erased_vs_base" in v:
+            shown.append(f"erased vs base {_fmt(v['erased_vs_base'])}")
+        if shown:
+            rows.append((v.get("name", k), "; ".join(shown)))
     return rows
 
 

@@ -1,15 +1,26 @@
 """`trust evaluate`: does the concept come back? What did it cost the kept concepts?
 
-No-attack part: images from held-out target prompts and from the preservation prompts,
-base and tuned model on the same seeds, scored by the world's classifier.
+Works on the built-in world and on Stable Diffusion folders; base and erased model are
+sampled on the same prompts and seeds.
+
+No-attack part, world: held-out target prompts and the preservation prompts of every kept
+concept (`concept.keep`), scored by the world's classifier (`concept.detect`).
+No-attack part, SD: the detector of `evaluate.detector` (NudeNet with its classes and
+threshold, or CLIP zero-shot) decides the target rate on the held-out target prompts;
+`concept.detect`/`concept.keep` are world-classifier labels and are not read (`keep` must be
+[]). What the erasure cost is measured on the held-out preservation prompts as fidelity.
 
 Adversarial part (METHODS.md, Attacks): the prompt set `evaluate.attacks.prompt_set` (I2P
 CSV layout) on the erased model gives pre-ASR; each optimisation attack in
-`evaluate.attacks.run` attacks its first `max_prompts` prompts and gives ASR. Fidelity:
-the world classifier's Fréchet distance (named as such) of base and erased images of the
-preservation prompts to rendered scenes of the same prompts, and its Δ; standard FID only
-with local Inception weights. Everything lands in metrics/evaluate.json and a
-self-contained outputs/evaluate/report.html.
+`evaluate.attacks.run` attacks its first `max_prompts` prompts and gives ASR, judged by the
+same detector as the target rate on SD.
+
+Fidelity on the preservation prompts: standard FID with local Inception weights
+(`evaluate.inception_weights`): base and erased images against `evaluate.fid_reference`
+images (ΔFID), or, without a reference folder, erased against base images; without the
+weights the metrics say FID was not computed and what to provide. The world adds its
+classifier's Fréchet distance to rendered scenes, named as such (it is not FID).
+Everything lands in metrics/evaluate.json and a self-contained outputs/evaluate/report.html.
 """
 
 from __future__ import annotations
@@ -25,10 +36,11 @@ from trust.attacks import AttackTarget, build_attack, load_prompt_set
 from trust.concepts import labels_of
 from trust.config import Params
 from trust.delta import apply_delta
-from trust.detectors import build_detector
+from trust.detectors import DetectorError, WorldDetector, build_detector
 from trust.generation import GenerationSettings, ModelSource, generate_images
-from trust.metrics import InceptionFeatures, fid, mean_drop, preservation, world_frechet
-from trust.models import KIND_WORLD, load_model
+from trust.metrics import FidelityError, InceptionFeatures, frechet_distance, mean_drop, preservation, world_frechet
+from trust.metrics.frechet import INCEPTION_HELP
+from trust.models import KIND_WORLD, detect_kind, load_model
 from trust.report import Example, write_report
 from trust.stages import paths, prompts
 from trust.tracking import stage_run
@@ -95,25 +107,97 @@ def _examples(results: dict, n: int = 3) -> dict[str, list[Example]]:
     return out
 
 
+def check_sd_settings(params: Params) -> None:
+    """On an SD model: refuse what only the world can measure, before anything is loaded."""
+    ev = params.evaluate
+    if ev.detector.kind == "world":
+        raise DetectorError(
+            "evaluate.detector.kind: world scores images with the built-in world's classifier, which knows only "
+            "its shapes and colours; model.base is a Stable Diffusion model: set evaluate.detector.kind to nudenet "
+            "(nudenet_threshold, nudenet_classes) or clip (clip_dir, clip_labels)")
+    if params.concept.keep:
+        raise ValueError(
+            f"concept.keep {params.concept.keep}: kept concepts are world-classifier labels and cannot be measured "
+            f"on a Stable Diffusion model by the {ev.detector.kind} detector; set concept.keep: [] - what the erasure "
+            "costs is reported as FID on the preservation prompts (concept.preserve; set evaluate.inception_weights)")
+
+
+def load_reference_images(folder: Path, size: int = 299) -> torch.Tensor:
+    """Reference images for FID (e.g. COCO val images), resized to `size`, in [-1, 1]."""
+    from PIL import Image
+
+    if not folder.is_dir():
+        raise FidelityError(f"evaluate.fid_reference: folder {str(folder)!r} does not exist; give a folder of "
+                            "reference images (PNG/JPEG), e.g. COCO val2014 images, or null")
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if len(files) < 2:
+        raise FidelityError(f"evaluate.fid_reference: {str(folder)!r} holds {len(files)} image(s) (PNG/JPEG/WebP); "
+                            "FID needs at least 2, and thousands for a stable number")
+    arrays = [np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC)) for f in files]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def inception_fid(ev, root: Path, base: torch.Tensor, erased: torch.Tensor, reference: torch.Tensor | None,
+                  reference_name: str | None) -> dict:
+    """Standard FID of the preservation prompts' images, or a record saying why it was not computed."""
+    if ev.inception_weights is None:
+        # No silent fallback: say what is missing and what to provide.
+        return {"name": "FID (Inception-v3)", "computed": False,
+                "reason": "evaluate.inception_weights is not set: standard FID needs Inception weights; "
+                          + INCEPTION_HELP}
+    if len(base) < 2:
+        return {"name": "FID (Inception-v3)", "computed": False,
+                "reason": "fewer than 2 preservation images: add prompts to concept.preserve or raise "
+                          "evaluate.samples_per_prompt"}
+    w = ev.inception_weights
+    features = InceptionFeatures(w if w.is_absolute() else root / w)
+    b, e = features(base), features(erased)  # once each: Inception on SD-sized images is the slow part
+    out = {"name": "FID (Inception-v3)", "weights": str(features.path), "erased_vs_base": frechet_distance(e, b)}
+    if reference is not None:
+        r = features(reference)
+        out.update(base=frechet_distance(b, r), erased=frechet_distance(e, r), reference=reference_name)
+        out["delta"] = out["erased"] - out["base"]  # ΔFID = FID(erased) - FID(base), METHODS.md
+    else:
+        # Without reference images what can be measured is how far the erased model's images
+        # moved from the base model's on the same prompts and seeds (0 = unchanged).
+        out["reference"] = ("none: erased_vs_base only; set evaluate.fid_reference to a folder of real images "
+                            "(e.g. COCO val2014) for FID of each model and ΔFID")
+    out["computed"] = True
+    out["images"] = {"generated": len(base), "reference": None if reference is None else len(reference)}
+    return out
+
+
 def run(params: Params, root: Path) -> dict:
     ev, concept = params.evaluate, params.concept
-    parts = load_model(paths.base_model(params.model.base, root), device=params.model.device)
-    if parts.kind != KIND_WORLD:
-        raise ValueError(
-            "evaluate: the stage measures target/keep rates with the built-in world's classifier; on an SD model "
-            "use the library (trust.attacks, trust.detectors: NudeNet, CLIP) directly — the stage is not wired for SD yet")
-    classifier = ConceptClassifier.load(root / params.world.classifier_dir)
+    base_dir, delta = paths.base_model(params.model.base, root), root / paths.DELTA
+    world = detect_kind(base_dir) == KIND_WORLD
+    if not world:
+        check_sd_settings(params)
+    parts = load_model(base_dir, device=params.model.device)
     sets = prompts.load(root)
     target = [r["prompt"] for r in sets["target"]["eval"]][: ev.max_prompts]
     # Held-out prompts only: the preservation term (if on) trains on the others.
     preserve = sets["preserve"]["eval"]
-    # Up to max_prompts prompts for every kept concept, so each one is measured.
-    preserve_prompts = []
-    for want in concept.keep:
-        shows = [r["prompt"] for r in preserve if all(r["labels"].get(h) == v for h, v in want.items())]
-        if not shows:
-            raise ValueError(f"concept.keep {want}: no preservation prompt shows it; add one to concept.preserve")
-        preserve_prompts += [p for p in shows if p not in preserve_prompts][: ev.max_prompts]
+    if world:
+        classifier = ConceptClassifier.load(root / params.world.classifier_dir)
+        target_detector = WorldDetector(classifier, concept.detect)
+        # Up to max_prompts prompts for every kept concept, so each one is measured.
+        preserve_prompts = []
+        for want in concept.keep:
+            shows = [r["prompt"] for r in preserve if all(r["labels"].get(h) == v for h, v in want.items())]
+            if not shows:
+                raise ValueError(f"concept.keep {want}: no preservation prompt shows it; add one to concept.preserve")
+            preserve_prompts += [p for p in shows if p not in preserve_prompts][: ev.max_prompts]
+    else:
+        classifier = None
+        # Built before any image is generated: a missing CLIP folder fails in seconds, naming the parameter.
+        target_detector = build_detector(ev.detector, root, device=params.model.device)
+        preserve_prompts = list(dict.fromkeys(r["prompt"] for r in preserve))[: ev.max_prompts]
+    # The attacks use evaluate.detector; on SD (and on the world with kind world) that is the target detector.
+    if world and ev.detector.kind != "world":
+        detector = build_detector(ev.detector, root, params.world.classifier_dir, concept.detect, params.model.device)
+    else:
+        detector = target_detector
     all_prompts = target + preserve_prompts
     prompts_rep = [p for p in all_prompts for _ in range(ev.samples_per_prompt)]
     seeds = [ev.seed * 1_000_003 + i for i in range(len(prompts_rep))]
@@ -121,7 +205,6 @@ def run(params: Params, root: Path) -> dict:
     # Serial by default; with evaluate.distributed, Dask workers load the base folder (+ the delta)
     # themselves and check its fingerprint against the model loaded here (trust/generation).
     gen = GenerationSettings.from_params(ev)
-    base_dir, delta = paths.base_model(params.model.base, root), root / paths.DELTA
     fingerprint = parts.fingerprint()
     base_imgs = generate_images(prompts_rep, seeds, ev.steps, ev.guidance, gen, parts=parts,
                                 source=ModelSource.of(base_dir, fingerprint, device=params.model.device))
@@ -129,16 +212,19 @@ def run(params: Params, root: Path) -> dict:
     apply_delta(parts, delta)
     tuned_src = ModelSource.of(base_dir, parts.fingerprint(), delta, params.model.device) if gen.distributed else None
     tuned_imgs = generate_images(prompts_rep, seeds, ev.steps, ev.guidance, gen, parts=parts, source=tuned_src)
-    base_lab, tuned_lab = classifier.predict(base_imgs), classifier.predict(tuned_imgs)
 
     n_t = len(target) * ev.samples_per_prompt
-    t_base, t_tuned = detected(base_lab, concept.detect)[:n_t], detected(tuned_lab, concept.detect)[:n_t]
     base_hits, tuned_hits = {}, {}
-    for want in concept.keep:
-        idx = [i for i, p in enumerate(prompts_rep) if i >= n_t
-               and all(next(r for r in preserve if r["prompt"] == p)["labels"].get(h) == v for h, v in want.items())]
-        base_hits[keep_name(want)] = [detected(base_lab, want)[i] for i in idx]
-        tuned_hits[keep_name(want)] = [detected(tuned_lab, want)[i] for i in idx]
+    if world:
+        base_lab, tuned_lab = classifier.predict(base_imgs), classifier.predict(tuned_imgs)
+        t_base, t_tuned = detected(base_lab, concept.detect)[:n_t], detected(tuned_lab, concept.detect)[:n_t]
+        for want in concept.keep:
+            idx = [i for i, p in enumerate(prompts_rep) if i >= n_t
+                   and all(next(r for r in preserve if r["prompt"] == p)["labels"].get(h) == v for h, v in want.items())]
+            base_hits[keep_name(want)] = [detected(base_lab, want)[i] for i in idx]
+            tuned_hits[keep_name(want)] = [detected(tuned_lab, want)[i] for i in idx]
+    else:
+        t_base, t_tuned = target_detector.detect(base_imgs[:n_t]), target_detector.detect(tuned_imgs[:n_t])
     keep = preservation(base_hits, tuned_hits)
     # Prompts whose erased-model images still show the concept: re-erasure adds them to the
     # forget prompts (reerase flow). Attacks add their adversarial prompts here too.
@@ -149,7 +235,6 @@ def run(params: Params, root: Path) -> dict:
             successful.append({"prompt": p, "attack": "none", "seeds": hits})
 
     # -- adversarial part -------------------------------------------------------------
-    detector = build_detector(ev.detector, root, params.world.classifier_dir, concept.detect, params.model.device)
     attacks = run_attacks(params, root, parts, original, detector, sets)
     results = attacks["results"]
     summaries = {name: res.summary() for name, res in results.items()}
@@ -162,20 +247,37 @@ def run(params: Params, root: Path) -> dict:
     asr = {name: s["asr"] for name, s in summaries.items()}
 
     # -- fidelity on the preservation prompts -------------------------------------------
-    reference = rendered_reference(prompts_rep[n_t:], ev.seed, parts.image_size)
-    fidelity = {"world_fd": world_frechet(classifier, reference, base_imgs[n_t:], tuned_imgs[n_t:]),
-                "preservation_drop_mean": mean_drop(keep)}
-    fidelity["world_fd"]["reference"] = "rendered ground-truth scenes of the preservation prompts"
-    if ev.inception_weights is not None:
-        w = ev.inception_weights if ev.inception_weights.is_absolute() else root / ev.inception_weights
-        fidelity["fid"] = fid(InceptionFeatures(w), reference, base_imgs[n_t:], tuned_imgs[n_t:])
+    pres_base, pres_tuned = base_imgs[n_t:], tuned_imgs[n_t:]
+    fidelity = {}
+    if world:
+        reference = rendered_reference(prompts_rep[n_t:], ev.seed, parts.image_size)
+        reference_name = "rendered ground-truth scenes of the preservation prompts"
+        fidelity["world_fd"] = world_frechet(classifier, reference, pres_base, pres_tuned)
+        fidelity["world_fd"]["reference"] = reference_name
+        fidelity["preservation_drop_mean"] = mean_drop(keep)
+    else:
+        reference, reference_name = None, None
+        # No kept-concept labels on SD: the preservation drop is not measured (FID stands in for it).
+        fidelity["preservation_drop_mean"] = None
+    if ev.fid_reference is not None and ev.inception_weights is not None:
+        ref_dir = ev.fid_reference if ev.fid_reference.is_absolute() else root / ev.fid_reference
+        reference, reference_name = load_reference_images(ref_dir), f"images in {ev.fid_reference}"
+    fidelity["fid"] = inception_fid(ev, root, pres_base, pres_tuned, reference, reference_name)
 
+    if world:
+        detector_note = {"detector": target_detector.name, "detect": concept.detect,
+                         "target_detector": target_detector.settings()}
+    else:
+        detector_note = {"detector": target_detector.name, "detect": None,
+                         "target_detector": target_detector.settings(),
+                         "detect_note": "concept.detect/keep are world-classifier labels, not read on an SD model; "
+                                        "evaluate.detector decides the target rate"}
     metrics = {
         "target_rate_base": _rate(t_base), "target_rate": _rate(t_tuned), "keep": keep,
         "pre_asr": pre_asr, "asr": asr, "fidelity": fidelity,
         "asr_details": {name: {k: v for k, v in s.items() if k != "detector"} for name, s in summaries.items()},
         "attacks": {name: [o.record() for o in res.outcomes] for name, res in results.items()},
-        "settings": {"detector": "world classifier", "detect": concept.detect, "samples_per_prompt": ev.samples_per_prompt,
+        "settings": {**detector_note, "model_kind": parts.kind, "samples_per_prompt": ev.samples_per_prompt,
                      "steps": ev.steps, "guidance": ev.guidance, "seed": ev.seed,
                      "target_prompts": target, "preserve_prompts": preserve_prompts,
                      "attack_detector": detector.settings(), "prompt_set": str(ev.attacks.prompt_set),
@@ -194,15 +296,20 @@ def run(params: Params, root: Path) -> dict:
     with stage_run("evaluate", section, root, base_fingerprint=fingerprint) as run_:
         run_.log_metrics({"target_rate_base": metrics["target_rate_base"], "target_rate": metrics["target_rate"]})
         run_.log_metrics({f"keep.{k}.{m}": v[m] for k, v in keep.items() for m in ("base", "tuned", "drop")})
-        run_.log_metrics({"pre_asr": pre_asr, **{f"asr.{k}": v for k, v in asr.items()},
-                          "world_fd.base": fidelity["world_fd"]["base"], "world_fd.erased": fidelity["world_fd"]["erased"],
-                          "world_fd.delta": fidelity["world_fd"]["delta"]})
+        run_.log_metrics({"pre_asr": pre_asr, **{f"asr.{k}": v for k, v in asr.items()}})
+        if "world_fd" in fidelity:
+            run_.log_metrics({f"world_fd.{k}": fidelity["world_fd"][k] for k in ("base", "erased", "delta")})
+        run_.log_metrics({f"fid.{k}": fidelity["fid"][k] for k in ("base", "erased", "delta", "erased_vs_base")
+                          if k in fidelity["fid"]})
         with staged_dir(root / paths.EVALUATE_DIR) as out:
             write_json(successful, out / "successful_prompts.json")
             before_after = labelled_grid(grid_rows(target[:8]), title=f"'{concept.name}': base vs erased, same seeds")
             before_after.save(out / "before_after.png")
-            kept = labelled_grid(grid_rows(preserve_prompts[:12]), title="kept concepts: base vs erased, same seeds")
-            kept.save(out / "preservation.png")
+            kept = None
+            if preserve_prompts:
+                title = ("kept concepts" if world else "preservation prompts") + ": base vs erased, same seeds"
+                kept = labelled_grid(grid_rows(preserve_prompts[:12]), title=title)
+                kept.save(out / "preservation.png")
             if ev.report:
                 write_report(out / "report.html", f"Erasure of '{concept.name}': evaluation", metrics,
                              before_after, kept, _examples(results), settings=metrics["settings"])
