@@ -127,6 +127,11 @@ class FinetuneParams(_Strict):
     reestimate_every: int = Field(5, ge=1, description="trust: k, re-estimate the mask every k steps")
     dynamic: bool = Field(True, description="trust: false keeps the initial mask (static, SalUn-like)")
     references: int = Field(16, ge=1, description="target images generated once by the frozen model")
+    preserve_references: int | None = Field(
+        None, ge=1, description="preservation images generated once by the frozen model (preservation term, SalUn's "
+                                "retain set); they cycle over the preservation training prompts in order, so fewer "
+                                "images than prompts leaves the last prompts out (the stage warns). null: `references` "
+                                "(what the shipped circle results were measured with)")
     preserve_weight: float = Field(
         0.0, ge=0, description="weight of the optional preservation term on the preservation prompts (0 = off, "
                                "as in the paper); it keeps their noise predictions at the frozen model's "
@@ -193,6 +198,10 @@ class FinetuneParams(_Strict):
     ant_fusion_ridge: float = Field(
         1e-6, ge=0, description="ant multi-concept: tiny ridge lam*||W* - W||^2 added to Eq. 7 for a well-posed "
                                 "solve; lam = ant_fusion_ridge * mean diagonal of the normal matrix")
+    ant_fusion_positions: Literal["tokens", "all"] = Field(
+        "tokens", description="ant multi-concept: text-encoder positions whose states are the e_j / e_k of Eq. 7: "
+                              "`tokens` the prompt's real tokens (BOS..EOS), `all` every position the UNet's "
+                              "cross-attention reads, padding included (it carries the prompt too)")
 
     @model_validator(mode="after")
     def _timesteps_fit(self) -> "FinetuneParams":

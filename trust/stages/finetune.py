@@ -68,6 +68,15 @@ def curves_plot(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def preserve_data(parts, rows: list[dict], ft) -> ForgetData:
+    """Preservation images of the frozen model; they cycle over `rows` in order, so too few leave prompts out."""
+    n = ft.preserve_references or ft.references
+    if n < len(rows):
+        console.print(f"[yellow]finetune: {len(rows) - n} of {len(rows)} preservation training prompts are not used "
+                      f"(finetune.preserve_references = {n}); set it to at least {len(rows)} to use them all")
+    return ForgetData.build(parts, rows, n, ft.seed + 1)
+
+
 def run(params: Params, root: Path, progress: bool = True) -> dict:
     ft = params.finetune
     torch.manual_seed(ft.seed)
@@ -81,7 +90,7 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
     cls = method_class(ft.method)
     keep = None
     if cls.needs_keep(ft):
-        keep = ForgetData.build(parts, sets["preserve"]["train"], ft.references, ft.seed + 1)
+        keep = preserve_data(parts, sets["preserve"]["train"], ft)
     scorer = localize.make_scorer(params, root, parts, data) if ft.method == "trust" else None
     method = cls(parts, data, ft, params.localize, mask or None, keep=keep, scorer=scorer)
 

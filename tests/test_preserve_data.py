@@ -1,0 +1,22 @@
+"""Preservation images cover the preservation prompts: `finetune.preserve_references` sets how
+many, and the stage says which prompts a smaller number leaves out."""
+
+import torch
+
+from trust.config import FinetuneParams
+from trust.models import load_model
+from trust.stages import finetune
+
+ROWS = [{"prompt": p, "anchor": ""} for p in
+        ("a red square", "a blue circle", "a red triangle", "a red cross", "a green circle")]
+
+
+def test_preserve_references_cover_every_prompt(root, capsys):
+    torch.set_num_threads(1)
+    parts = load_model(root / "models/world")
+    few = finetune.preserve_data(parts, ROWS, FinetuneParams(references=3))
+    assert len(few) == 3 and "a red cross" not in few.prompts
+    assert "2 of 5 preservation training prompts are not used" in capsys.readouterr().err
+    enough = finetune.preserve_data(parts, ROWS, FinetuneParams(references=3, preserve_references=7))
+    assert len(enough) == 7 and set(enough.prompts) == {r["prompt"] for r in ROWS}
+    assert "not used" not in capsys.readouterr().err
