@@ -2,6 +2,8 @@
 
 Same as `trust bench`. Trains TRUST-CIP, TRUST-CSR, TRUST (static mask), ESD-x, ESD-u, SalUn,
 ConceptPrune and full fine-tuning from params.yaml's concept; writes bench/results/methods.{md,json,png}.
+The ANT rows (ANT, ANT+fusion) are selected by label:
+`python bench/methods.py --steps 600 --runs ANT,ANT+fusion --name methods_ant`.
 See trust/methods/benchmark.py for what is measured and how.
 """
 
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: few steps, tiny samples")
     ap.add_argument("--runs", default=None, help="comma-separated labels, e.g. TRUST-CIP,SalUn")
     ap.add_argument("--no-stop-at-bar", action="store_true", help="train the full budget even after the bar")
+    ap.add_argument("--name", default="methods", help="output file stem: OUT/NAME.{md,json,png}")
+    ap.add_argument("--sample-steps", type=int, default=None, help="DDIM steps of the detection samples (default 10)")
     a = ap.parse_args(argv)
 
     import torch
@@ -33,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from trust.methods.benchmark import run_from_params
 
     result = run_from_params(a.params, a.out, a.steps, a.quick, a.check_every, a.runs, not a.no_stop_at_bar,
-                             root=ROOT)
-    print((a.out / "methods.md").read_text())
+                             root=ROOT, name=a.name, sample_steps=a.sample_steps)
+    print((a.out / f"{a.name}.md").read_text())
     return 0 if result["runs"] else 1
 
 

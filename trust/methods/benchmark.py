@@ -1,7 +1,7 @@
 """Side-by-side benchmark of the unlearning methods on one world concept, one seed, one run.
 
 For each configuration (TRUST-CIP, TRUST-CSR, TRUST with a static mask, ESD-x, ESD-u, SalUn,
-ConceptPrune, full fine-tuning) it measures:
+ConceptPrune, full fine-tuning; ANT and ANT+fusion in ANT_RUNS, selected by label) it measures:
 - steps and wall-clock to reach the erasure bar: target detection rate <= `bar` by the world
   classifier on held-out target prompts, checked every `check_every` steps on a small
   fixed-seed sample (checking time is not counted);
@@ -12,7 +12,9 @@ ConceptPrune, full fine-tuning) it measures:
 - trainable parameters (entries with requires_grad) and weights actually changed;
 - erasure (target detection rate) and preservation (mean detection rate of kept concepts) on
   a larger held-out sample at the end; ratios against SalUn; TRUST's mask re-estimation share.
-Writes methods.json, methods.md and methods.png into `out`.
+A method with a `sync()` (ANT+fusion: fuse the LoRA into the UNet in closed form) is synced before
+each check; the latest sync's time counts once in time to bar and total (`sync_s`).
+Writes methods.json, methods.md and methods.png (or NAME.*) into `out`.
 """
 
 from __future__ import annotations
@@ -38,8 +40,15 @@ from trust.sampling import generate
 @dataclass
 class Run:
     label: str
-    method: str
+    method: str  # finetune.method the overrides are validated with
     overrides: dict = field(default_factory=dict)
+    builder: str | None = None  # a method class outside the registry (_builders()), e.g. "ant_fusion"
+
+
+def _builders() -> dict:
+    from trust.methods.lora_fusion import AntFusionMethod
+
+    return {"ant_fusion": AntFusionMethod}
 
 
 # Baseline settings for the 16px world (their papers' lr are for SD v1.4 and ~1000 steps);
@@ -54,6 +63,17 @@ DEFAULT_RUNS = [
     Run("ConceptPrune", "conceptprune", {"preserve_weight": 0.0}),
     Run("full", "full", {"lr": 5e-4, "preserve_weight": 0.0}),
 ]
+
+# ANT rows (issue 6): ANT with its intersected saliency mask (over attn2: on the world the UNet-wide
+# mask hurt every shape, see the tuning log), and ANT+fusion (one
+# concept's LoRA on attn2 to_k/to_v trained with the ANT loss, fused in closed form, Eq. 7).
+# Settings tuned on the world (bench/results/ant_tuning.md). Not in DEFAULT_RUNS (`trust bench`
+# without --runs) until the lead merges the table; select them with --runs ANT,ANT+fusion.
+ANT_RUNS = [
+    Run("ANT", "ant", {"ant_scope": "attn2", "ant_gamma": 1e-7, "lr": 5e-3, "preserve_weight": 30.0}),
+    Run("ANT+fusion", "ant", {"lr": 5e-3, "preserve_weight": 0.0}, builder="ant_fusion"),
+]
+ALL_RUNS = DEFAULT_RUNS + ANT_RUNS
 
 
 @dataclass
@@ -161,7 +181,7 @@ def _cycle(items: list[str], n: int) -> list[str]:
 
 def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
               settings: BenchSettings | None = None, out: Path | None = None, progress: bool = True,
-              log=print) -> dict:
+              log=print, name: str = "methods") -> dict:
     """Benchmark `runs` on `parts` (left unchanged). Returns the results dict (also written to `out`)."""
     from trust.concepts import build_prompt_sets
 
@@ -205,9 +225,11 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
         loc = params.localize
         p = copy.copy(parts)
         p.unet = copy.deepcopy(parts.unet)
-        cls = method_class(run.method)
+        cls = _builders()[run.builder] if run.builder else method_class(run.method)
         steps_to_bar = time_to_bar = None
         checks, step_s, reest_s, history = [], 0.0, 0.0, []
+        sync_s = 0.0  # a method with sync() (ANT+fusion) materialises its weights before each check: the
+        # latest sync's time counts once in time to bar and total (a real run fuses once, at the end)
         with PeakMemory(device) as mem:
             _sync(device)
             t_setup = time.perf_counter()
@@ -228,11 +250,16 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
                 history.append(info)
                 done = step + 1
                 if done % s.check_every == 0 or method.finished or done == ft.steps:
+                    if hasattr(method, "sync"):
+                        t1 = time.perf_counter()
+                        method.sync()
+                        _sync(device)
+                        sync_s = time.perf_counter() - t1
                     rate = detection_rate(p, classifier, check_prompts, check_seeds, concept.detect,
                                           s.sample_steps, s.guidance)
-                    checks.append({"step": done, "rate": rate, "seconds": setup_s + step_s})
+                    checks.append({"step": done, "rate": rate, "seconds": setup_s + step_s + sync_s})
                     if steps_to_bar is None and rate <= s.bar:
-                        steps_to_bar, time_to_bar = done, setup_s + step_s
+                        steps_to_bar, time_to_bar = done, setup_s + step_s + sync_s
                         if s.stop_at_bar:
                             break
                 if method.finished:
@@ -243,7 +270,7 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
         row = {
             "label": run.label, "method": run.method, "settings": {k: v for k, v in run.overrides.items()},
             "lr": ft.lr, "steps_run": done, "steps_to_bar": steps_to_bar, "time_to_bar_s": time_to_bar,
-            "setup_s": setup_s, "train_s": step_s, "total_s": setup_s + step_s,
+            "setup_s": setup_s, "train_s": step_s, "total_s": setup_s + step_s + sync_s, "sync_s": sync_s,
             "s_per_step": step_s / max(done, 1), "peak_memory_bytes": mem.bytes,
             "trainable_parameters": method.trainable_parameters(), "changed_parameters": changed,
             "erasure_target_rate": erasure, "preservation": preservation, "keep": keep,
@@ -268,7 +295,7 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
         "runs": rows,
     }
     if out is not None:
-        write_results(result, Path(out))
+        write_results(result, Path(out), name)
     return result
 
 
@@ -344,27 +371,28 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(result: dict, out: Path) -> None:
+def write_results(result: dict, out: Path, name: str = "methods") -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "methods.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "methods.md").write_text(markdown(result))
-    plot(result, out / "methods.png")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / f"{name}.md").write_text(markdown(result))
+    plot(result, out / f"{name}.png")
 
 
 def select_runs(names: str | None) -> list[Run]:
     if not names:
         return DEFAULT_RUNS
     want = [n.strip() for n in names.split(",") if n.strip()]
-    known = {r.label.lower(): r for r in DEFAULT_RUNS}
+    known = {r.label.lower(): r for r in ALL_RUNS}
     missing = [n for n in want if n.lower() not in known]
     if missing:
-        raise ValueError(f"unknown benchmark run(s) {missing}; runs: {', '.join(r.label for r in DEFAULT_RUNS)}")
+        raise ValueError(f"unknown benchmark run(s) {missing}; runs: {', '.join(r.label for r in ALL_RUNS)}")
     return [known[n.lower()] for n in want]
 
 
 def run_from_params(params_path: Path, out: Path, steps: int | None = None, quick: bool = False,
                     check_every: int | None = None, runs: str | None = None, stop_at_bar: bool = True,
-                    root: Path | None = None, log=print) -> dict:
+                    root: Path | None = None, log=print, name: str = "methods",
+                    sample_steps: int | None = None) -> dict:
     """Load params.yaml, the base model and the world classifier, then `run_bench`."""
     from trust.config import load_params
     from trust.models import load_model
@@ -382,4 +410,6 @@ def run_from_params(params_path: Path, out: Path, steps: int | None = None, quic
     if check_every:
         settings.check_every = check_every
     settings.stop_at_bar = stop_at_bar
-    return run_bench(parts, classifier, params, select_runs(runs), settings, out, log=log)
+    if sample_steps:
+        settings.sample_steps = sample_steps
+    return run_bench(parts, classifier, params, select_runs(runs), settings, out, log=log, name=name)

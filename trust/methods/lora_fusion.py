@@ -7,7 +7,9 @@
 (b) `fuse_closed_form`: per layer,
         W* = argmin_W'  sum_i sum_j ||W' e_j - (W + Delta W_i) e_j||^2 + beta sum_k ||W' e_k - W e_k||^2
                         + lam ||W' - W||_F^2
-    with e_j the token embeddings of concept i's prompts and e_k those of the preservation prompts.
+    with e_j the text-encoder states of concept i's prompts and e_k those of the preservation prompts,
+    at their real tokens (`ant_fusion_positions: tokens`) or at every position the cross-attention
+    reads, padding included (`all`).
     Normal equations:  W* A = B,  A = sum_i E_i^T E_i + beta E_p^T E_p + lam I,
                                   B = sum_i (W + Delta W_i) E_i^T E_i + beta W E_p^T E_p + lam W
     (E rows are embeddings). The ridge lam = ant_fusion_ridge * mean(diag(A without ridge)) is
@@ -23,6 +25,7 @@ import torch
 
 from trust.config import FinetuneParams
 from trust.methods.ant import ant_loss, draw_timesteps, split_timestep
+from trust.methods.base import Method
 from trust.methods.data import ForgetData
 from trust.models.parts import DiffusionParts
 from trust.utils.seeding import torch_generator
@@ -35,54 +38,106 @@ def kv_weight_names(unet) -> list[str]:
     return [k for k, _ in unet.named_parameters() if ".attn2.to_k.weight" in k or ".attn2.to_v.weight" in k]
 
 
-def train_concept_lora(parts: DiffusionParts, data: ForgetData, params: FinetuneParams,
-                       concept_index: int = 0) -> dict[str, torch.Tensor]:
-    """Train one concept's LoRA with the ANT loss; Delta W per attn2 to_k/to_v weight."""
-    from peft import LoraConfig, inject_adapter_in_model
+class ConceptLora:
+    """One concept's LoRA (peft, rank `ant_lora_rank`) on every attn2 to_k/to_v of a copy of `frozen`,
+    trained step by step with the ANT loss against `frozen` (the frozen original, or for sequential
+    erasure the model the concept is erased from). `loss(step)` is a function of (seed, step,
+    concept_index) alone. With `keep` and `params.preserve_weight > 0` the project's optional
+    preservation term (Method.preserve_loss: preservation prompts keep `frozen`'s noise prediction)
+    is added, weighted by preserve_weight; off by default, as in the paper."""
 
-    frozen = parts.unet.eval()
-    frozen.requires_grad_(False)
-    model = copy.deepcopy(frozen)
-    cfg = LoraConfig(r=params.ant_lora_rank, lora_alpha=params.ant_lora_alpha, target_modules=LORA_TARGETS,
-                     lora_dropout=0.0, init_lora_weights=True)
-    model = inject_adapter_in_model(cfg, model)
-    lora = {k: p for k, p in model.named_parameters() if "lora_" in k}
-    if not lora:
-        raise ValueError("the UNet has no attn2.to_k / attn2.to_v layers for the concept LoRA")
-    for p in lora.values():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(list(lora.values()), lr=params.lr)
-    t_split = split_timestep(parts.scheduler, params.ant_split_step, params.ant_ddim_steps)
-    with torch.no_grad():
-        uncond = parts.encode_text([""])
-    n_train = parts.scheduler.config.num_train_timesteps
-    for step in range(params.steps):
-        g = torch_generator(params.seed, step, 7, concept_index)
+    def __init__(self, frozen, scheduler, encode_text, data: ForgetData, params: FinetuneParams,
+                 concept_index: int = 0, keep: ForgetData | None = None):
+        from peft import LoraConfig, inject_adapter_in_model
+
+        frozen.eval()
+        frozen.requires_grad_(False)
+        self.frozen, self.scheduler, self.data, self.params = frozen, scheduler, data, params
+        self.concept_index, self.keep = concept_index, keep
+        cfg = LoraConfig(r=params.ant_lora_rank, lora_alpha=params.ant_lora_alpha, target_modules=LORA_TARGETS,
+                         lora_dropout=0.0, init_lora_weights=True)
+        cuda = sorted({q.device.index or 0 for q in frozen.parameters() if q.device.type == "cuda"})
+        with torch.random.fork_rng(devices=cuda):  # LoRA A's random init from (seed, concept), not the global RNG
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=torch_generator(params.seed, 9,
+                                                                                           concept_index))))
+            self.model = inject_adapter_in_model(cfg, copy.deepcopy(frozen))
+        self.lora = {k: p for k, p in self.model.named_parameters() if "lora_" in k}
+        if not self.lora:
+            raise ValueError("the UNet has no attn2.to_k / attn2.to_v layers for the concept LoRA")
+        for p in self.lora.values():
+            p.requires_grad_(True)
+        self.t_split = split_timestep(scheduler, params.ant_split_step, params.ant_ddim_steps)
+        with torch.no_grad():
+            self.uncond = encode_text([""])
+        self.n_train = scheduler.config.num_train_timesteps
+
+    def terms(self, step: int) -> dict[str, torch.Tensor]:
+        params, data = self.params, self.data
+        g = torch_generator(params.seed, step, 7, self.concept_index)
         idx = torch.randint(0, len(data), (params.batch_size,), generator=g)
         x0 = data.latents[idx]
         n1, n2 = torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g)
-        t1, t2 = draw_timesteps(g, t_split, n_train)
-        loss = ant_loss(model, frozen, parts.scheduler, x0, n1, n2, t1, t2, data.target_emb[idx], uncond,
-                        params.ant_eta, params.ant_l1, params.ant_l2, params.ant_l3)["loss"]
+        t1, t2 = draw_timesteps(g, self.t_split, self.n_train)
+        terms = ant_loss(self.model, self.frozen, self.scheduler, x0, n1, n2, t1, t2, data.target_emb[idx],
+                         self.uncond, params.ant_eta, params.ant_l1, params.ant_l2, params.ant_l3)
+        if params.preserve_weight > 0 and self.keep is not None:
+            g = torch_generator(params.seed, step, 8, self.concept_index)
+            idx = torch.randint(0, len(self.keep), (params.batch_size,), generator=g)
+            k0 = self.keep.latents[idx]
+            noise = torch.randn(k0.shape, generator=g)
+            kt = torch.randint(0, self.n_train, (len(idx),), generator=g)
+            k_t, k_c = self.scheduler.add_noise(k0, noise, kt), self.keep.target_emb[idx]
+            with torch.no_grad():
+                want = self.frozen(k_t, kt, encoder_hidden_states=k_c).sample
+            terms["l_keep"] = ((self.model(k_t, kt, encoder_hidden_states=k_c).sample - want) ** 2).mean()
+            terms["loss"] = terms["loss"] + params.preserve_weight * terms["l_keep"]
+        terms["t1"], terms["t2"] = torch.tensor(t1), torch.tensor(t2)
+        return terms
+
+    @torch.no_grad()
+    def delta(self) -> dict[str, torch.Tensor]:
+        """Delta W = B A * alpha/r per attn2 to_k/to_v weight, keyed by the UNet parameter name."""
+        out = {}
+        for name, module in self.model.named_modules():
+            if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {}):
+                out[f"{name}.weight"] = module.get_delta_weight("default").detach().clone()
+        return out
+
+
+def train_concept_lora(parts: DiffusionParts, data: ForgetData, params: FinetuneParams,
+                       concept_index: int = 0, keep: ForgetData | None = None, frozen=None,
+                       progress: bool = False) -> dict[str, torch.Tensor]:
+    """Train one concept's LoRA with the ANT loss (against `frozen`, default parts.unet, which is
+    left unchanged); Delta W per attn2 to_k/to_v weight."""
+    lora = ConceptLora(frozen if frozen is not None else parts.unet, parts.scheduler, parts.encode_text, data,
+                       params, concept_index, keep)
+    opt = torch.optim.Adam(list(lora.lora.values()), lr=params.lr)
+    bar = range(params.steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc=f"concept LoRA {concept_index}", leave=False)
+    for step in bar:
+        loss = lora.terms(step)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    out = {}
-    for name, module in model.named_modules():
-        if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {}):
-            with torch.no_grad():
-                out[f"{name}.weight"] = module.get_delta_weight("default").detach().clone()
-    return out
+    return lora.delta()
 
 
 @torch.no_grad()
-def token_embeddings(parts: DiffusionParts, prompts: list[str]) -> torch.Tensor:
-    """(n, D): the text encoder's states at the real tokens (BOS .. EOS, no padding) of each prompt."""
+def token_embeddings(parts: DiffusionParts, prompts: list[str], positions: str = "tokens") -> torch.Tensor:
+    """(n, D): the text encoder's states at the real tokens (BOS .. EOS, no padding) of each prompt
+    (`positions="tokens"`), or at every position the UNet's cross-attention reads (`"all"`, padding included)."""
     if not prompts:
         return torch.zeros(0, parts.text_encoder.config.hidden_size)
     tok = parts.tokenizer(prompts, padding="max_length", max_length=parts.tokenizer.model_max_length,
                           truncation=True, return_tensors="pt")
     states = parts.text_encoder(tok.input_ids.to(parts.text_encoder.device))[0]
+    if positions == "all":
+        return states.reshape(-1, states.shape[-1]).float().cpu()
+    if positions != "tokens":
+        raise ValueError(f"positions must be 'tokens' or 'all', not {positions!r}")
     return states[tok.attention_mask.bool().to(states.device)].float().cpu()
 
 
@@ -121,17 +176,68 @@ def fuse_closed_form(base: dict[str, torch.Tensor], deltas: list[dict[str, torch
 
 
 def ant_multi_concept(parts: DiffusionParts, concepts: list[ForgetData], preserve_prompts: list[str],
-                      params: FinetuneParams) -> dict[str, torch.Tensor]:
-    """Train one LoRA per concept, fuse them in closed form and write W* into `parts.unet`.
+                      params: FinetuneParams, keep: ForgetData | None = None,
+                      progress: bool = False) -> dict[str, torch.Tensor]:
+    """Train one LoRA per concept (each from the original weights), fuse them in closed form and
+    write W* into `parts.unet`. `keep`: data of the optional preservation term (preserve_weight).
 
     Returns the fused weights (name -> W*)."""
     names = kv_weight_names(parts.unet)
     base = {k: parts.unet.get_parameter(k).detach().clone() for k in names}
-    deltas = [train_concept_lora(parts, data, params, i) for i, data in enumerate(concepts)]
-    concept_embs = [token_embeddings(parts, list(dict.fromkeys(d.prompts))) for d in concepts]
-    fused = fuse_closed_form(base, deltas, concept_embs, token_embeddings(parts, preserve_prompts),
-                             params.ant_fusion_beta, params.ant_fusion_ridge)
-    with torch.no_grad():
-        for k, w in fused.items():
-            parts.unet.get_parameter(k).copy_(w)
+    deltas = [train_concept_lora(parts, data, params, i, keep=keep, progress=progress)
+              for i, data in enumerate(concepts)]
+    fused = fuse_deltas(parts, base, deltas, concepts, preserve_prompts, params)
+    write_weights(parts.unet, fused)
     return fused
+
+
+def fuse_deltas(parts: DiffusionParts, base: dict[str, torch.Tensor], deltas: list[dict[str, torch.Tensor]],
+                concepts: list[ForgetData], preserve_prompts: list[str],
+                params: FinetuneParams) -> dict[str, torch.Tensor]:
+    """Eq. 7 for `deltas` (one per concept of `concepts`): e_j = token embeddings of each concept's
+    distinct prompts, e_k those of `preserve_prompts`."""
+    pos = params.ant_fusion_positions
+    concept_embs = [token_embeddings(parts, list(dict.fromkeys(d.prompts)), pos) for d in concepts]
+    return fuse_closed_form(base, deltas, concept_embs,
+                            token_embeddings(parts, list(dict.fromkeys(preserve_prompts)), pos),
+                            params.ant_fusion_beta, params.ant_fusion_ridge)
+
+
+@torch.no_grad()
+def write_weights(unet, weights: dict[str, torch.Tensor]) -> None:
+    for k, w in weights.items():
+        unet.get_parameter(k).copy_(w)
+
+
+class AntFusionMethod(Method):
+    """ANT+fusion as one `Method` (for the benchmark): a single concept's LoRA trained with the ANT
+    loss (ConceptLora) and, on `sync()`, fused into the UNet with Eq. 7 (one concept: W* maps the
+    concept's token embeddings like W + Delta W and the preservation prompts' like W). Training
+    never touches `parts.unet`; only `sync()` writes the fused to_k/to_v weights into it.
+    The preservation prompts are `keep`'s (the preservation train prompts), hence needs_keep."""
+
+    name = "ant_fusion"
+
+    @classmethod
+    def needs_keep(cls, ft) -> bool:
+        return True
+
+    def keep_reason(self) -> str:
+        return "ant_fusion's closed-form fusion (preservation embeddings)"
+
+    def select_parameters(self):
+        self.base_kv = {k: self.parts.unet.get_parameter(k).detach().clone() for k in kv_weight_names(self.parts.unet)}
+        self.trainer = ConceptLora(self.frozen, self.parts.scheduler, self.parts.encode_text, self.data, self.ft,
+                                   0, self.keep)
+        return dict(self.trainer.lora)
+
+    def step(self, step: int) -> dict:
+        terms = self.trainer.terms(step)
+        self.update(terms["loss"])
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def sync(self) -> None:
+        """Fuse the LoRA in closed form and write W* into parts.unet."""
+        fused = fuse_deltas(self.parts, self.base_kv, [self.trainer.delta()], [self.data], list(self.keep.prompts),
+                            self.ft)
+        write_weights(self.parts.unet, fused)
