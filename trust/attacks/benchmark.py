@@ -438,17 +438,9 @@ def run_from_params(params_path: Path, out: Path, root: Path, quick: bool = Fals
                     weak_candidates: tuple[int, ...] | None = None, weak_max_pre_asr: float | None = None,
                     salun_steps: int = 600, bar_max_steps: int = 600, log=print) -> dict:
     """Load params.yaml, the base model and the world classifier, then `run_attack_bench`."""
-    from trust.config import load_params
-    from trust.models import load_model
-    from trust.stages.paths import base_model
-    from trust.world.classifier import ConceptClassifier
+    from trust.methods.benchmark import load_world
 
-    params = load_params(params_path)
-    if not params.uses_world:
-        raise ValueError("the attack benchmark needs the world (model.base = world.model_dir): its classifier "
-                         "is the detector")
-    parts = load_model(base_model(params.model.base, root), device=params.model.device)
-    classifier = ConceptClassifier.load(base_model(params.world.classifier_dir, root)).to(parts.unet.device)
+    params, parts, classifier = load_world(params_path, root, "the attack benchmark")
     st = AttackBenchSettings(max_prompts=max_prompts)
     if quick:
         params = quick_params(params)

@@ -389,23 +389,28 @@ def select_runs(names: str | None) -> list[Run]:
     return [known[n.lower()] for n in want]
 
 
-def run_from_params(params_path: Path, out: Path, steps: int | None = None, quick: bool = False,
-                    check_every: int | None = None, runs: str | None = None, stop_at_bar: bool = True,
-                    root: Path | None = None, log=print, name: str = "methods",
-                    sample_steps: int | None = None) -> dict:
-    """Load params.yaml, the base model and the world classifier, then `run_bench`."""
+def load_world(params_path: Path, root: Path, what: str):
+    """(params, base model, world classifier) for a benchmark whose detector is the world's classifier."""
     from trust.config import load_params
     from trust.models import load_model
     from trust.stages.paths import base_model
     from trust.world.classifier import ConceptClassifier
 
-    root = root or Path.cwd()
     params = load_params(params_path)
     if not params.uses_world:
-        raise ValueError("the method benchmark needs the world (model.base = world.model_dir): its classifier "
-                         "is the detector")
+        raise ValueError(f"{what} needs the world (model.base = world.model_dir): its classifier is the detector")
     parts = load_model(base_model(params.model.base, root), device=params.model.device)
     classifier = ConceptClassifier.load(base_model(params.world.classifier_dir, root)).to(parts.unet.device)
+    return params, parts, classifier
+
+
+def run_from_params(params_path: Path, out: Path, steps: int | None = None, quick: bool = False,
+                    check_every: int | None = None, runs: str | None = None, stop_at_bar: bool = True,
+                    root: Path | None = None, log=print, name: str = "methods",
+                    sample_steps: int | None = None) -> dict:
+    """Load params.yaml, the base model and the world classifier, then `run_bench`."""
+    root = root or Path.cwd()
+    params, parts, classifier = load_world(params_path, root, "the method benchmark")
     settings = BenchSettings.quick(steps) if quick else BenchSettings(steps=steps or BenchSettings.steps)
     if check_every:
         settings.check_every = check_every
