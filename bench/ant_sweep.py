@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from trust.concepts import build_prompt_sets
     from trust.config import load_params
     from trust.methods.ant_saliency import plot_mask_history
-    from trust.methods.data import ForgetData
+    from trust.methods.data import ForgetData, preserve_data
     from trust.methods.registry import build_method
     from trust.models import load_model
     from trust.sampling import generate
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             parts = copy.copy(world)
             parts.unet = copy.deepcopy(world.unet)
             data = ForgetData.build(parts, sets["target"]["train"], ft.references, ft.seed)
-            keep = ForgetData.build(parts, sets["preserve"]["train"], ft.references, ft.seed + 1) \
+            keep = preserve_data(parts, sets["preserve"]["train"], ft) \
                 if ft.preserve_weight > 0 else None
             t0 = time.perf_counter()
             method = build_method("ant", parts, data, ft, params.localize, None, keep=keep)

@@ -1,9 +1,8 @@
 """Benchmark the unlearning methods on one world concept: `python bench/methods.py [--quick]`.
 
 Same as `trust bench`. Trains TRUST-CIP, TRUST-CSR, TRUST (static mask), ESD-x, ESD-u, SalUn,
-ConceptPrune and full fine-tuning from params.yaml's concept; writes bench/results/methods.{md,json,png}.
-The ANT rows (ANT, ANT+fusion) are selected by label:
-`python bench/methods.py --steps 600 --runs ANT,ANT+fusion --name NAME` (writes NAME.{md,json,png}).
+ConceptPrune, full fine-tuning, ANT and ANT+fusion from params.yaml's concept; writes
+bench/results/methods.{md,json,png}. A subset: `--runs ANT,ANT+fusion --name NAME` (writes NAME.{md,json,png}).
 See trust/methods/benchmark.py for what is measured and how.
 """
 

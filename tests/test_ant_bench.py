@@ -42,8 +42,9 @@ def _data(parts, prompts, n=4, seed=0):
                       prompts=picked)
 
 
-def test_ant_rows_are_selectable_and_default_rows_unchanged():
+def test_ant_rows_are_selectable_and_in_the_default_table():
     assert [r.label for r in select_runs("ANT,ant+fusion")] == ["ANT", "ANT+fusion"]
+    assert select_runs(None)[-2:] == ANT_RUNS
     assert all(r.method == "ant" for r in ANT_RUNS)
     assert [r.builder for r in ANT_RUNS] == [None, "ant_fusion"]
     for r in ANT_RUNS:  # overrides validate

@@ -19,7 +19,8 @@ def test_bench_quick_on_a_tiny_model(world_tokenizer, tmp_path):
     params = params.model_copy(update={
         "localize": params.localize.model_copy(update={"batch_size": 2}),
         "finetune": params.finetune.model_copy(update={
-            "batch_size": 2, "esd_ddim_steps": 3, "conceptprune_ddim_steps": 4, "conceptprune_timesteps": 2}),
+            "batch_size": 2, "esd_ddim_steps": 3, "conceptprune_ddim_steps": 4, "conceptprune_timesteps": 2,
+            "ant_ddim_steps": 10, "ant_split_step": 7, "ant_seeds": 1, "ant_max_maps": 3, "ant_lora_rank": 2}),
     })
     settings = BenchSettings.quick(steps=2)
     settings.stop_at_bar = False
@@ -27,10 +28,11 @@ def test_bench_quick_on_a_tiny_model(world_tokenizer, tmp_path):
     result = run_bench(parts, classifier, params, DEFAULT_RUNS, settings, tmp_path, log=lambda *a: None)
     assert all(torch.equal(v, before[k]) for k, v in parts.unet.state_dict().items())  # base left unchanged
     labels = [r["label"] for r in result["runs"]]
-    assert labels == ["TRUST-CIP", "TRUST-CSR", "TRUST-static", "ESD-x", "ESD-u", "SalUn", "ConceptPrune", "full"]
+    assert labels == ["TRUST-CIP", "TRUST-CSR", "TRUST-static", "ESD-x", "ESD-u", "SalUn", "ConceptPrune", "full",
+                      "ANT", "ANT+fusion"]
     for r in result["runs"]:
         assert r["total_s"] > 0 and r["peak_memory_bytes"] >= 0 and 0 <= r["erasure_target_rate"] <= 1
-        assert r["steps_run"] == (1 if r["method"] == "conceptprune" else 2)
+        assert r["steps_run"] == (1 if r["method"] == "conceptprune" else 2), r["label"]
         assert (r["reestimate_share"] is not None) == (r["method"] == "trust")
     salun = next(r for r in result["runs"] if r["label"] == "SalUn")
     assert salun["vs_salun"]["total_s"] == 1.0

@@ -20,3 +20,18 @@ def test_preserve_references_cover_every_prompt(root, capsys):
     enough = finetune.preserve_data(parts, ROWS, FinetuneParams(references=3, preserve_references=7))
     assert len(enough) == 7 and set(enough.prompts) == {r["prompt"] for r in ROWS}
     assert "not used" not in capsys.readouterr().err
+
+
+def test_benchmarks_share_the_rule(root):
+    """The benchmarks pass their own reference count; preserve_references still wins, and a
+    count that leaves prompts out warns through the caller's channel."""
+    from trust.methods.data import preserve_data
+
+    torch.set_num_threads(1)
+    parts = load_model(root / "models/world")
+    said = []
+    bench = preserve_data(parts, ROWS, FinetuneParams(references=16), references=2, warn=said.append)
+    assert len(bench) == 2 and said and "3 of 5" in said[0]
+    said.clear()
+    covered = preserve_data(parts, ROWS, FinetuneParams(preserve_references=5), references=2, warn=said.append)
+    assert len(covered) == 5 and not said

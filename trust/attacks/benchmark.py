@@ -12,7 +12,7 @@ One process, one concept (params.yaml's), one seed. Rows:
 - TRUST-CIP (params.yaml's finetune section, as shipped), ESD-x, ESD-u (both trained until
   the method benchmark's bar, same check, at most `bar_max_steps`), SalUn (a fixed budget:
   it does not reach the bar in the method benchmark).
-Method settings (lr, preservation) are those of `trust.methods.benchmark.DEFAULT_RUNS`, the
+Method settings (lr, preservation) are those of `trust.methods.benchmark.METHOD_RUNS`, the
 training data (references) and the bar check are the method benchmark's.
 
 For every row: held-out target detection rate and kept-concept rate (no attack, the method
@@ -39,9 +39,9 @@ from trust.attacks import AttackTarget, build_attack, load_prompt_set
 from trust.config import Params
 from trust.detectors import WorldDetector
 from trust.metrics.asr import asr_summary
-from trust.methods.benchmark import DEFAULT_RUNS as METHOD_RUNS
+from trust.methods.benchmark import METHOD_RUNS
 from trust.methods.benchmark import BenchSettings, detection_rate
-from trust.methods.data import ForgetData
+from trust.methods.data import ForgetData, preserve_data
 from trust.methods.registry import method_class
 from trust.methods.saliency import cross_attention_params
 from trust.methods.scorers import build_scorer
@@ -240,7 +240,7 @@ def run_attack_bench(parts, classifier, params: Params, root: Path, runs: list[A
     references = s.references or params.finetune.references
     t0 = time.perf_counter()
     data = ForgetData.build(parts, sets["target"]["train"], references, params.finetune.seed)
-    keep_data = ForgetData.build(parts, sets["preserve"]["train"], references, params.finetune.seed + 1)
+    keep_data = preserve_data(parts, sets["preserve"]["train"], params.finetune, references, warn=log)
     log(f"references in {time.perf_counter() - t0:.1f}s")
     rows, sweep, t_all = [], [], time.perf_counter()
     for run in tqdm(runs, desc="attack bench", disable=not progress):

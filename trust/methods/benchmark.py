@@ -1,7 +1,7 @@
 """Side-by-side benchmark of the unlearning methods on one world concept, one seed, one run.
 
 For each configuration (TRUST-CIP, TRUST-CSR, TRUST with a static mask, ESD-x, ESD-u, SalUn,
-ConceptPrune, full fine-tuning; ANT and ANT+fusion in ANT_RUNS, selected by label) it measures:
+ConceptPrune, full fine-tuning in METHOD_RUNS; ANT and ANT+fusion in ANT_RUNS) it measures:
 - steps and wall-clock to reach the erasure bar: target detection rate <= `bar` by the world
   classifier on held-out target prompts, checked every `check_every` steps on a small
   fixed-seed sample (checking time is not counted);
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from trust.config import Params
-from trust.methods.data import ForgetData
+from trust.methods.data import ForgetData, preserve_data
 from trust.methods.registry import method_class
 from trust.methods.saliency import cross_attention_params
 from trust.methods.scorers import build_scorer
@@ -53,7 +53,7 @@ def _builders() -> dict:
 
 # Baseline settings for the 16px world (their papers' lr are for SD v1.4 and ~1000 steps);
 # the baselines run without TRUST's optional preservation term, as published.
-DEFAULT_RUNS = [
+METHOD_RUNS = [
     Run("TRUST-CIP", "trust", {"loss": "cip"}),
     Run("TRUST-CSR", "trust", {"loss": "csr"}),
     Run("TRUST-static", "trust", {"loss": "cip", "dynamic": False}),
@@ -67,13 +67,13 @@ DEFAULT_RUNS = [
 # ANT rows (issue 6): ANT with its intersected saliency mask (over attn2: on the world the UNet-wide
 # mask hurt every shape, see the tuning log), and ANT+fusion (one
 # concept's LoRA on attn2 to_k/to_v trained with the ANT loss, fused in closed form, Eq. 7).
-# Settings tuned on the world (bench/results/ant_tuning.md). Not in DEFAULT_RUNS (`trust bench`
-# without --runs) until the lead merges the table; select them with --runs ANT,ANT+fusion.
+# Settings tuned on the world (bench/results/ant_tuning.md).
 ANT_RUNS = [
     Run("ANT", "ant", {"ant_scope": "attn2", "ant_gamma": 1e-7, "lr": 5e-3, "preserve_weight": 30.0}),
     Run("ANT+fusion", "ant", {"lr": 5e-3, "preserve_weight": 0.0}, builder="ant_fusion"),
 ]
-ALL_RUNS = DEFAULT_RUNS + ANT_RUNS
+# `trust bench` / bench/methods.py without --runs: every row of the README table, in one run.
+DEFAULT_RUNS = METHOD_RUNS + ANT_RUNS
 
 
 @dataclass
@@ -212,7 +212,7 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
     references = s.references or params.finetune.references
     t0 = time.perf_counter()
     data = ForgetData.build(parts, sets["target"]["train"], references, params.finetune.seed)
-    keep_data = ForgetData.build(parts, sets["preserve"]["train"], references, params.finetune.seed + 1)
+    keep_data = preserve_data(parts, sets["preserve"]["train"], params.finetune, references, warn=log)
     data_s = time.perf_counter() - t0
     base_erasure, base_pres, base_keep = measure(parts)
     log(f"base model: target rate {base_erasure:.2f}, kept concepts {base_pres:.2f} (references in {data_s:.1f}s)")
@@ -382,10 +382,10 @@ def select_runs(names: str | None) -> list[Run]:
     if not names:
         return DEFAULT_RUNS
     want = [n.strip() for n in names.split(",") if n.strip()]
-    known = {r.label.lower(): r for r in ALL_RUNS}
+    known = {r.label.lower(): r for r in DEFAULT_RUNS}
     missing = [n for n in want if n.lower() not in known]
     if missing:
-        raise ValueError(f"unknown benchmark run(s) {missing}; runs: {', '.join(r.label for r in ALL_RUNS)}")
+        raise ValueError(f"unknown benchmark run(s) {missing}; runs: {', '.join(r.label for r in DEFAULT_RUNS)}")
     return [known[n.lower()] for n in want]
 
 

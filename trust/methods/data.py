@@ -3,6 +3,7 @@ made once by the frozen model, and the text conditions of each target prompt and
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -54,3 +55,20 @@ class ForgetData:
 
     def __len__(self) -> int:
         return self.latents.shape[0]
+
+
+def preserve_data(parts: DiffusionParts, rows: list[dict], ft, references: int | None = None,
+                  warn=None) -> ForgetData:
+    """Preservation images of the frozen model for `rows` (prompts.json preserve rows).
+
+    Count: `ft.preserve_references`, else `references` (a benchmark's override), else
+    `ft.references`. Images cycle over `rows` in order, so a smaller count leaves the later
+    prompts out of the preservation term entirely: `warn` (default `warnings.warn`) says so.
+    Seeded with `ft.seed + 1` (the target references use `ft.seed`).
+    """
+    n = ft.preserve_references or references or ft.references
+    if n < len(rows):
+        (warn or warnings.warn)(f"finetune: {len(rows) - n} of {len(rows)} preservation training prompts are not "
+                                f"used (finetune.preserve_references = {n}); set it to at least {len(rows)} to use "
+                                "them all")
+    return ForgetData.build(parts, rows, n, ft.seed + 1)

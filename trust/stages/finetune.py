@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from trust.config import Params
 from trust.delta import save_delta
 from trust.methods.data import ForgetData
+from trust.methods.data import preserve_data as build_preserve_data
 from trust.methods.registry import method_class
 from trust.models import load_model
 from trust.stages import localize, paths, prompts
@@ -69,12 +70,8 @@ def curves_plot(history: list[dict], path: Path, title: str) -> None:
 
 
 def preserve_data(parts, rows: list[dict], ft) -> ForgetData:
-    """Preservation images of the frozen model; they cycle over `rows` in order, so too few leave prompts out."""
-    n = ft.preserve_references or ft.references
-    if n < len(rows):
-        console.print(f"[yellow]finetune: {len(rows) - n} of {len(rows)} preservation training prompts are not used "
-                      f"(finetune.preserve_references = {n}); set it to at least {len(rows)} to use them all")
-    return ForgetData.build(parts, rows, n, ft.seed + 1)
+    """The stage's preservation data; the warning about unused prompts goes to the console."""
+    return build_preserve_data(parts, rows, ft, warn=lambda m: console.print(f"[yellow]{m}"))
 
 
 def run(params: Params, root: Path, progress: bool = True) -> dict:
