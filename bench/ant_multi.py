@@ -12,6 +12,7 @@ See trust/methods/ant_multi.py for the prompts and the strategies.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--name", default="ant_multi", help="output stem: OUT/NAME.{md,json}")
     ap.add_argument("--set", default="", help="finetune overrides 'k=v k=v' (values read as YAML), e.g. 'lr=0.005 steps=300'")
+    ap.add_argument("--target-set", action="append", default=[], metavar="NAME:'k=v k=v'",
+                    help="finetune overrides for one target's LoRA only, e.g. \"yellow:ant_split_step=49 ant_eta=2\"")
     ap.add_argument("--strategies", default="fusion,sequential,joint",
-                    help="of fusion, fusion:tokens, fusion:all (same LoRAs, that fusion_positions), sequential, joint")
+                    help="of fusion, fusion:tokens, fusion:all (same LoRAs, that fusion_positions), fusion:all@0.3 "
+                         "(and that fusion beta), sequential, joint")
     ap.add_argument("--targets", default=None, help="comma-separated subset of the target names (default: all three)")
     ap.add_argument("--images", type=int, default=32, help="held-out images per target and per kept concept")
     ap.add_argument("--references", type=int, default=16, help="reference images per concept")
@@ -63,10 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     world = load_model(ROOT / params.world.model_dir)
     clf = ConceptClassifier.load(ROOT / params.world.classifier_dir)
     t0 = time.perf_counter()
-    targets = None
+    targets = [dataclasses.replace(t, finetune=dict(t.finetune)) for t in DEFAULT_TARGETS]
+    for item in a.target_set:
+        name, _, sets = item.partition(":")
+        hit = [t for t in targets if t.name == name.strip()]
+        if not hit or not sets.strip():
+            raise SystemExit(f"--target-set {item!r}: expected NAME:'k=v ...' with NAME of {[t.name for t in targets]}")
+        hit[0].finetune.update(parse_overrides(sets)[0])
     if a.targets:
         want = [t.strip() for t in a.targets.split(",") if t.strip()]
-        targets = [t for t in DEFAULT_TARGETS if t.name in want]
+        targets = [t for t in targets if t.name in want]
         if len(targets) != len(want):
             raise SystemExit(f"unknown target in {want}; targets: {[t.name for t in DEFAULT_TARGETS]}")
     res = compare(world, clf, ft, params.prompts, targets=targets,

@@ -207,3 +207,32 @@ def test_fusion_variants_share_their_loras(tiny):
     names = kv_weight_names(tiny.unet)
     assert all(torch.equal(a.unet.get_parameter(k), c.unet.get_parameter(k)) for k in names)  # seeded LoRAs
     assert not all(torch.equal(a.unet.get_parameter(k), b.unet.get_parameter(k)) for k in names)
+
+
+def test_fusion_beta_variant_and_per_concept_settings(tiny):
+    from trust.methods.ant_multi import parse_strategy
+
+    assert parse_strategy("fusion:all@0.3") == ("fusion", {"ant_fusion_positions": "all", "ant_fusion_beta": 0.3})
+    assert parse_strategy("joint") == ("joint", {})
+    for bad in ("joint@0.3", "fusion@x", "nope"):
+        with pytest.raises(ValueError, match="strategy"):
+            parse_strategy(bad)
+    with pytest.raises(ValueError, match="ant_fusion_positions"):  # validated like params.yaml
+        run_strategy("fusion:some", tiny, [], None, [], FinetuneParams())
+    ft = FinetuneParams(method="ant", lr=1e-2, steps=1, **TINY_FT)
+    datas = [_data(tiny, ["a red circle"]), _data(tiny, ["a yellow square"], seed=2)]
+    names = kv_weight_names(tiny.unet)
+    cache = {}
+    one = run_strategy("fusion:tokens", tiny, datas, None, ["a blue cross"], ft, cache=cache)
+    low = run_strategy("fusion:tokens@0.01", tiny, datas, None, ["a blue cross"], ft, cache=cache)
+    assert not all(torch.equal(one.unet.get_parameter(k), low.unet.get_parameter(k)) for k in names)
+    # concept 1's LoRA with its own split step: its delta is what training it alone with that step gives
+    per = [{}, {"ant_split_step": 3}]
+    own = {}
+    run_strategy("fusion", tiny, datas, None, ["a blue cross"], ft, cache=own, per_concept=per)
+    alone = train_concept_lora(tiny, datas[1], ft.model_copy(update={"ant_split_step": 3}), 1)
+    shared = train_concept_lora(tiny, datas[1], ft, 1)
+    for k in names:
+        torch.testing.assert_close(own["fusion_deltas"][1][k], alone[k])
+        torch.testing.assert_close(own["fusion_deltas"][0][k], cache["fusion_deltas"][0][k])
+    assert not all(torch.equal(own["fusion_deltas"][1][k], shared[k]) for k in names)

@@ -46,6 +46,9 @@ class Target:
     name: str
     templates: list[str]
     detect: dict[str, str]
+    # finetune fields for this concept's LoRA only (fusion, sequential), e.g. its own t' as the paper
+    # picks per concept (nudity 43, celebrity 40, art style 47); joint trains one LoRA with the shared ones.
+    finetune: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -165,34 +168,57 @@ def _merge(unet, delta: dict[str, torch.Tensor]) -> None:
             unet.get_parameter(k).add_(d)
 
 
+def _with(ft: FinetuneParams, update: dict) -> FinetuneParams:
+    if not update:
+        return ft
+    out = ft.model_copy(update=update)
+    return type(out).model_validate(out.model_dump())  # validate the overrides
+
+
+def parse_strategy(strategy: str) -> tuple[str, dict]:
+    """'fusion:all@0.3' -> ('fusion', {ant_fusion_positions: all, ant_fusion_beta: 0.3}); 'joint' -> ('joint', {})."""
+    head, _, beta = strategy.partition("@")
+    kind, _, positions = head.partition(":")
+    update = {}
+    if positions:
+        update["ant_fusion_positions"] = positions
+    if beta:
+        try:
+            update["ant_fusion_beta"] = float(beta)
+        except ValueError:
+            raise ValueError(f"strategy {strategy!r}: the part after '@' is the fusion beta, a number") from None
+    if kind not in STRATEGIES or (update and kind != "fusion"):
+        raise ValueError(f"unknown strategy {strategy!r}; strategies: {', '.join(STRATEGIES)} "
+                         "(fusion:tokens, fusion:all, fusion:all@BETA)")
+    return kind, update
+
+
 def run_strategy(strategy: str, parts, datas: list[ForgetData], keep: ForgetData | None, preserve_prompts: list[str],
-                 ft: FinetuneParams, progress: bool = False, cache: dict | None = None):
+                 ft: FinetuneParams, progress: bool = False, cache: dict | None = None,
+                 per_concept: list[dict] | None = None):
     """A copy of `parts` with the concepts of `datas` erased by `strategy` (parts is left unchanged).
 
-    `fusion:tokens` / `fusion:all` fuse with that ant_fusion_positions (plain `fusion`: ft's). Pass
-    the same `cache` dict to reuse the per-concept LoRAs between fusion variants."""
+    `fusion:tokens` / `fusion:all` fuse with that ant_fusion_positions (plain `fusion`: ft's), and
+    `fusion[:positions]@BETA` with that ant_fusion_beta. Pass the same `cache` dict to reuse the
+    per-concept LoRAs between fusion variants. `per_concept[i]`: finetune fields for concept i's LoRA."""
+    kind, update = parse_strategy(strategy)
+    per = per_concept or [{} for _ in datas]
     p = copy.copy(parts)
     p.unet = copy.deepcopy(parts.unet)
-    kind, _, positions = strategy.partition(":")
     if kind == "fusion":
-        if positions:
-            ft = ft.model_copy(update={"ant_fusion_positions": positions})
-            ft = type(ft).model_validate(ft.model_dump())
+        ft = _with(ft, update)
         base = {k: p.unet.get_parameter(k).detach().clone() for k in kv_weight_names(p.unet)}
         cache = {} if cache is None else cache
         if "fusion_deltas" not in cache:
-            cache["fusion_deltas"] = [train_concept_lora(p, d, ft, i, keep=keep, progress=progress)
+            cache["fusion_deltas"] = [train_concept_lora(p, d, _with(ft, per[i]), i, keep=keep, progress=progress)
                                       for i, d in enumerate(datas)]
         write_weights(p.unet, fuse_deltas(p, base, cache["fusion_deltas"], datas, preserve_prompts, ft))
-    elif strategy == "sequential":
+    elif kind == "sequential":
         for i, d in enumerate(datas):  # frozen = the model so far: each concept erased from the previous result
-            _merge(p.unet, train_concept_lora(p, d, ft, i, keep=keep, progress=progress))
-    elif strategy == "joint":
+            _merge(p.unet, train_concept_lora(p, d, _with(ft, per[i]), i, keep=keep, progress=progress))
+    else:  # joint: one LoRA, the shared settings
         joint_ft = ft.model_copy(update={"steps": ft.steps * len(datas)})
         _merge(p.unet, train_concept_lora(p, concat_data(datas), joint_ft, 0, keep=keep, progress=progress))
-    else:
-        raise ValueError(f"unknown strategy {strategy!r}; strategies: {', '.join(STRATEGIES)} "
-                         "(fusion:tokens, fusion:all)")
     p.unet.requires_grad_(False)
     return p
 
@@ -202,6 +228,10 @@ def compare(parts, classifier, ft: FinetuneParams, prompts_cfg: PromptsParams, t
     """Base and each strategy: per-target and per-kept-concept detection rates, times."""
     targets, kept = targets or DEFAULT_TARGETS, kept or DEFAULT_KEPT
     s = settings or MultiSettings()
+    for st in strategies:
+        parse_strategy(st)  # refuse a bad name before any training
+    for t in targets:
+        _with(ft, t.finetune)
     mp = build_multi_prompts(targets, kept, prompts_cfg)
     t0 = time.perf_counter()
     datas = [ForgetData.build(parts, mp.targets[t.name]["train"], s.references, ft.seed + 10 * i)
@@ -217,7 +247,8 @@ def compare(parts, classifier, ft: FinetuneParams, prompts_cfg: PromptsParams, t
     cache: dict = {}
     for strategy in strategies:
         t1 = time.perf_counter()
-        p = run_strategy(strategy, parts, datas, keep, mp.preserve_train, ft, progress, cache)
+        p = run_strategy(strategy, parts, datas, keep, mp.preserve_train, ft, progress, cache,
+                         [t.finetune for t in targets])
         train_s = time.perf_counter() - t1
         r = measure(p, classifier, mp, s)
         r["train_s"] = train_s
@@ -230,7 +261,8 @@ def compare(parts, classifier, ft: FinetuneParams, prompts_cfg: PromptsParams, t
         log(f"{strategy}: {r}")
         del p
     return {
-        "targets": {t.name: {"templates": t.templates, "detect": t.detect, "train_prompts": len(mp.targets[t.name]["train"]),
+        "targets": {t.name: {"templates": t.templates, "detect": t.detect, "finetune": t.finetune,
+                             "train_prompts": len(mp.targets[t.name]["train"]),
                              "eval_prompts": mp.targets[t.name]["eval"]} for t in targets},
         "kept": {k: {"want": v["want"], "eval_prompts": v["eval"]} for k, v in mp.kept.items()},
         "preserve_train_prompts": len(mp.preserve_train), "excluded_preserve_candidates": len(mp.excluded),
@@ -250,8 +282,9 @@ def markdown(res: dict, bar: float = 0.10) -> str:
         f"{ft['ant_l3']})), lr {ft['lr']:g}, {ft['steps']} steps per concept (joint: {ft['steps'] * len(tnames)}), "
         f"batch {ft['batch_size']}, preserve_weight {ft['preserve_weight']:g}, fusion beta {ft['ant_fusion_beta']:g}, "
         f"fusion positions `{ft.get('ant_fusion_positions', 'tokens')}` (`fusion:all` / `fusion:tokens`: that variant, "
-        f"same LoRAs). "
-        f"Detection: world classifier, {s['images']} held-out images per row (DDIM {s['sample_steps']} steps, guidance "
+        f"same LoRAs; `@B`: fusion beta B). "
+        + "".join(f"Concept {t!r} LoRA with {v['finetune']}. " for t, v in res["targets"].items() if v.get("finetune"))
+        + f"Detection: world classifier, {s['images']} held-out images per row (DDIM {s['sample_steps']} steps, guidance "
         f"{s['guidance']:g}), same seeds for every model; torch threads {res['torch_threads']}.",
         "",
         "| model | " + " | ".join(f"{t} (target)" for t in tnames) + " | " + " | ".join(knames)
