@@ -17,9 +17,16 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export TRANSFORMERS_VERBOSITY := error
 export HF_HUB_OFFLINE := 1
 
-.PHONY: env run test clean-env
+.PHONY: env run test clean-env dvc-local
 
 env: $(STAMP)
+
+# DVC resolves the committed relative core.site_cache_dir against the process's working
+# folder, which breaks `dvc exp run --temp/--queue` (their stages run in .dvc/tmp/exps/...,
+# "unable to open database file"). An absolute path in .dvc/config.local (not in git; DVC
+# copies it into those temp folders) keeps the site cache inside the project everywhere.
+dvc-local: env
+	$(BIN)/dvc config --local core.site_cache_dir "$(CURDIR)/.dvc/site-cache"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,11 +36,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The unlearn flow: world (up to date from git) -> prompts -> localize -> finetune ->
 # evaluate (attacks) -> register, one Prefect task per DVC stage.
-run: env
+run: env dvc-local
 	$(BIN)/trust params check
 	$(BIN)/trust run
 
-test: env
+test: env dvc-local
 	$(BIN)/python -m pytest -q
 
 clean-env:

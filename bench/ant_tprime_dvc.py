@@ -28,8 +28,10 @@ ANT_SETTINGS = ("finetune.method=ant", "finetune.ant_scope=attn2", "finetune.ant
                 "finetune.preserve_weight=30", "finetune.steps=150", "evaluate.attacks.run=[]")
 
 
-def _env() -> dict:
+def _env(project: Path) -> dict:
     env = dict(os.environ)
+    # absolute, so that the queue's temp experiment folders find it (see the Makefile's dvc-local)
+    env.setdefault("DVC_SITE_CACHE_DIR", str(project.resolve() / ".dvc" / "site-cache"))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -38,7 +40,7 @@ def _env() -> dict:
 
 
 def dvc(project: Path, *args: str, capture: bool = False) -> str:
-    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=_env(), text=True,
+    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=_env(project), text=True,
                          capture_output=capture)
     if res.returncode != 0:
         raise SystemExit(f"dvc {' '.join(args)} failed (exit {res.returncode})"
@@ -59,15 +61,16 @@ def overrides(extra: list[str]) -> list[str]:
 def queue_and_run(project: Path, splits: list[int], extra: list[str]) -> None:
     sets = overrides(extra)
     for k in splits:
-        args = ["exp", "run", "evaluate", "--queue", "-n", f"tprime-{k}", "-S", f"finetune.ant_split_step={k}"]
+        args = ["exp", "run", "evaluate", "--queue", "-n", f"tprime-{k}", "-S", f"++finetune.ant_split_step={k}"]
         for s in sets:
-            args += ["-S", s]
+            # '++': set the key whether or not params.yaml spells it out (the ant_* fields are defaults)
+            args += ["-S", f"++{s}"]
         dvc(project, *args)
     dvc(project, "exp", "run", "--run-all")
 
 
 def collect(project: Path) -> list[dict]:
-    """One row per experiment named tprime-<k> in `dvc exp show --json` (latest of each name)."""
+    """One row per t' from the successful experiments named tprime-<k> in `dvc exp show --json`."""
     shown = json.loads(dvc(project, "exp", "show", "--json", capture=True))
     rows = {}
     for base in shown:
@@ -75,13 +78,19 @@ def collect(project: Path) -> list[dict]:
             name = exp.get("name") or ""
             if not name.startswith("tprime-"):
                 continue
-            data = exp["revs"][0]["data"]
+            rev = exp["revs"][0]
+            if rev.get("error"):  # failed: dvc shows the baseline's metrics for it
+                continue
+            data = rev["data"]
             ft = data["params"]["params.yaml"]["data"]["finetune"]
             m = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data")
             if not m:
-                continue  # failed or still queued
+                continue  # still queued
             keep = {k: v["tuned"] for k, v in m["keep"].items()}
-            rows[ft["ant_split_step"]] = {
+            when = data.get("timestamp") or ""
+            if ft["ant_split_step"] in rows and rows[ft["ant_split_step"]]["timestamp"] >= when:
+                continue  # an older run of the same t'
+            rows[ft["ant_split_step"]] = {"timestamp": when,
                 "experiment": name, "rev": exp["revs"][0].get("rev"), "split_step": ft["ant_split_step"],
                 "method": ft["method"], "steps": ft["steps"], "lr": ft["lr"], "preserve_weight": ft["preserve_weight"],
                 "target_rate": m["target_rate"], "target_rate_base": m["target_rate_base"],

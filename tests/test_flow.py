@@ -64,8 +64,11 @@ def project(tmp_path_factory, root):
         shutil.copy2(root / f, dest / f)
     _edit(dest, TINY)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=ci@trust", "-c", "user.name=ci", "commit", "-qm", "scratch"]):
-        subprocess.run(cmd, cwd=dest, check=True)
+                ["git", "-c", "user.email=ci@trust", "-c", "user.name=ci", "commit", "-qm", "scratch"],
+                # what `make dvc-local` writes for the project (Makefile): temp/queued experiments need it
+                [sys.executable, "-m", "dvc", "config", "--local", "core.site_cache_dir",
+                 str(dest / ".dvc" / "site-cache")]):
+        subprocess.run(cmd, cwd=dest, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     return dest
 
 
@@ -137,3 +140,26 @@ def test_parameter_sweep_runs_as_dvc_experiments(project):
         assert data["params"]["params.yaml"]["data"]["finetune"]["lr"] == lr
         assert "target_rate" in data["metrics"]["metrics/evaluate.json"]["data"]
     assert len(_client(project).search_model_versions("name='trust-world-circle'")) == versions
+
+
+def test_queued_sweep_runs_in_temp_folders(project):
+    """The README's sweep form: `dvc exp run --queue` then `--run-all` runs each experiment in a
+    temp folder under .dvc/tmp/exps (where a relative site cache path broke every stage)."""
+    import json
+
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TRUST_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DVC_SITE_CACHE_DIR", None)
+    dvc = [sys.executable, "-m", "dvc", "exp", "run"]
+    for cmd in (dvc + ["evaluate", "--queue", "-n", "queued-lr", "-S", "finetune.lr=0.003"], dvc + ["--run-all"]):
+        res = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    exp = next(e for base in json.loads(show.stdout) for e in (base.get("experiments") or [])
+               if e["name"] == "queued-lr")
+    rev = exp["revs"][0]
+    assert not rev.get("error"), rev.get("error")
+    assert rev["data"]["params"]["params.yaml"]["data"]["finetune"]["lr"] == 0.003
+    assert "target_rate" in rev["data"]["metrics"]["metrics/evaluate.json"]["data"]
