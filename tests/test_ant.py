@@ -209,6 +209,28 @@ def test_fusion_equals_least_squares_solve():
     assert all(torch.equal(same[k], base[k]) for k in base)
 
 
+def test_fusion_with_summed_edits_equals_least_squares_solve():
+    """ant_fusion_overlap sum: an embedding set whose prompts show concepts 0 and 1 has the target
+    (W + dW_0 + dW_1) e; the others keep their own edit."""
+    g = torch.Generator().manual_seed(1)
+    out, D = 5, 6
+    W = torch.randn(out, D, generator=g, dtype=torch.float64)
+    deltas = [{"w": torch.randn(out, D, generator=g, dtype=torch.float64)} for _ in range(2)]
+    embs = [torch.randn(3, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    applies = [(0,), (0, 1), (1,)]
+    pres = torch.randn(4, D, generator=g, dtype=torch.float64)
+    got = fuse_closed_form({"w": W}, deltas, embs, pres, 0.7, 0.0, applies)["w"]
+    lhs = torch.cat([*embs, 0.7**0.5 * pres])
+    targets = [W + sum(deltas[i]["w"] for i in idx) for idx in applies]
+    rhs = torch.cat([*(e @ t.T for e, t in zip(embs, targets)), 0.7**0.5 * pres @ W.T])
+    torch.testing.assert_close(got, torch.linalg.lstsq(lhs, rhs).solution.T, rtol=1e-8, atol=1e-10)
+    # one set per concept, each its own delta: the same as the default form
+    own = fuse_closed_form({"w": W}, deltas, embs[:2], pres, 0.7, 0.0, [(0,), (1,)])["w"]
+    torch.testing.assert_close(own, fuse_closed_form({"w": W}, deltas, embs[:2], pres, 0.7, 0.0)["w"])
+    with pytest.raises(ValueError, match="applies"):
+        fuse_closed_form({"w": W}, deltas, embs, pres, 0.7, 0.0, [(0,), (2,), (1,)])
+
+
 def test_concept_lora_and_fusion_on_tiny_model(tiny):
     parts = copy.copy(tiny)
     parts.unet = copy.deepcopy(tiny.unet)

@@ -214,6 +214,7 @@ def test_fusion_beta_variant_and_per_concept_settings(tiny):
 
     assert parse_strategy("fusion:all@0.3") == ("fusion", {"ant_fusion_positions": "all", "ant_fusion_beta": 0.3})
     assert parse_strategy("joint") == ("joint", {})
+    assert parse_strategy("fusion+sum") == ("fusion", {"ant_fusion_overlap": "sum"})
     for bad in ("joint@0.3", "fusion@x", "nope"):
         with pytest.raises(ValueError, match="strategy"):
             parse_strategy(bad)
@@ -226,6 +227,14 @@ def test_fusion_beta_variant_and_per_concept_settings(tiny):
     one = run_strategy("fusion:tokens", tiny, datas, None, ["a blue cross"], ft, cache=cache)
     low = run_strategy("fusion:tokens@0.01", tiny, datas, None, ["a blue cross"], ft, cache=cache)
     assert not all(torch.equal(one.unet.get_parameter(k), low.unet.get_parameter(k)) for k in names)
+    # +sum: the same as own when no prompt shows another concept, different when one does
+    alone = run_strategy("fusion:tokens+sum", tiny, datas, None, ["a blue cross"], ft, cache=cache, shows=lambda q: set())
+    assert all(torch.equal(one.unet.get_parameter(k), alone.unet.get_parameter(k)) for k in names)
+    both = run_strategy("fusion:tokens+sum", tiny, datas, None, ["a blue cross"], ft, cache=cache,
+                        shows=lambda q: {0, 1} if "red circle" in q else set())
+    assert not all(torch.equal(one.unet.get_parameter(k), both.unet.get_parameter(k)) for k in names)
+    with pytest.raises(ValueError, match="ant_fusion_overlap"):
+        run_strategy("fusion+sum", tiny, datas, None, ["a blue cross"], ft, cache=cache)
     # concept 1's LoRA with its own split step: its delta is what training it alone with that step gives
     per = [{}, {"ant_split_step": 3}]
     own = {}

@@ -202,6 +202,11 @@ class FinetuneParams(_Strict):
         "tokens", description="ant multi-concept: text-encoder positions whose states are the e_j / e_k of Eq. 7: "
                               "`tokens` the prompt's real tokens (BOS..EOS), `all` every position the UNet's "
                               "cross-attention reads, padding included (it carries the prompt too)")
+    ant_fusion_overlap: Literal["own", "sum"] = Field(
+        "own", description="ant multi-concept: the Eq. 7 target for a concept prompt that shows other erased "
+                           "concepts too ('a yellow circle' when erasing circle and yellow): `own` W + Delta W_i "
+                           "of its own concept only (the paper's form), `sum` W + the sum of Delta W of every "
+                           "erased concept it shows (otherwise the circle LoRA's prompts pull the 'yellow' edit back)")
 
     @model_validator(mode="after")
     def _timesteps_fit(self) -> "FinetuneParams":

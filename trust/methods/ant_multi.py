@@ -176,12 +176,16 @@ def _with(ft: FinetuneParams, update: dict) -> FinetuneParams:
 
 
 def parse_strategy(strategy: str) -> tuple[str, dict]:
-    """'fusion:all@0.3' -> ('fusion', {ant_fusion_positions: all, ant_fusion_beta: 0.3}); 'joint' -> ('joint', {})."""
-    head, _, beta = strategy.partition("@")
+    """'fusion:all@0.3+sum' -> ('fusion', {ant_fusion_positions: all, ant_fusion_beta: 0.3,
+    ant_fusion_overlap: sum}); 'joint' -> ('joint', {})."""
+    strategy_, _, overlap = strategy.partition("+")
+    head, _, beta = strategy_.partition("@")
     kind, _, positions = head.partition(":")
     update = {}
     if positions:
         update["ant_fusion_positions"] = positions
+    if overlap:
+        update["ant_fusion_overlap"] = overlap
     if beta:
         try:
             update["ant_fusion_beta"] = float(beta)
@@ -189,18 +193,19 @@ def parse_strategy(strategy: str) -> tuple[str, dict]:
             raise ValueError(f"strategy {strategy!r}: the part after '@' is the fusion beta, a number") from None
     if kind not in STRATEGIES or (update and kind != "fusion"):
         raise ValueError(f"unknown strategy {strategy!r}; strategies: {', '.join(STRATEGIES)} "
-                         "(fusion:tokens, fusion:all, fusion:all@BETA)")
+                         "(fusion:tokens, fusion:all, fusion:all@BETA, fusion:all+sum)")
     return kind, update
 
 
 def run_strategy(strategy: str, parts, datas: list[ForgetData], keep: ForgetData | None, preserve_prompts: list[str],
                  ft: FinetuneParams, progress: bool = False, cache: dict | None = None,
-                 per_concept: list[dict] | None = None):
+                 per_concept: list[dict] | None = None, shows=None):
     """A copy of `parts` with the concepts of `datas` erased by `strategy` (parts is left unchanged).
 
     `fusion:tokens` / `fusion:all` fuse with that ant_fusion_positions (plain `fusion`: ft's), and
     `fusion[:positions]@BETA` with that ant_fusion_beta. Pass the same `cache` dict to reuse the
-    per-concept LoRAs between fusion variants. `per_concept[i]`: finetune fields for concept i's LoRA."""
+    per-concept LoRAs between fusion variants. `per_concept[i]`: finetune fields for concept i's LoRA.
+    `shows(prompt)`: indices of the concepts a prompt shows (fusion with `+sum`, ant_fusion_overlap)."""
     kind, update = parse_strategy(strategy)
     per = per_concept or [{} for _ in datas]
     p = copy.copy(parts)
@@ -212,7 +217,7 @@ def run_strategy(strategy: str, parts, datas: list[ForgetData], keep: ForgetData
         if "fusion_deltas" not in cache:
             cache["fusion_deltas"] = [train_concept_lora(p, d, _with(ft, per[i]), i, keep=keep, progress=progress)
                                       for i, d in enumerate(datas)]
-        write_weights(p.unet, fuse_deltas(p, base, cache["fusion_deltas"], datas, preserve_prompts, ft))
+        write_weights(p.unet, fuse_deltas(p, base, cache["fusion_deltas"], datas, preserve_prompts, ft, shows))
     elif kind == "sequential":
         for i, d in enumerate(datas):  # frozen = the model so far: each concept erased from the previous result
             _merge(p.unet, train_concept_lora(p, d, _with(ft, per[i]), i, keep=keep, progress=progress))
@@ -248,7 +253,8 @@ def compare(parts, classifier, ft: FinetuneParams, prompts_cfg: PromptsParams, t
     for strategy in strategies:
         t1 = time.perf_counter()
         p = run_strategy(strategy, parts, datas, keep, mp.preserve_train, ft, progress, cache,
-                         [t.finetune for t in targets])
+                         [t.finetune for t in targets],
+                         shows=lambda q: {i for i, t in enumerate(targets) if _shows(labels_of(q), t.detect)})
         train_s = time.perf_counter() - t1
         r = measure(p, classifier, mp, s)
         r["train_s"] = train_s
@@ -282,7 +288,8 @@ def markdown(res: dict, bar: float = 0.10) -> str:
         f"{ft['ant_l3']})), lr {ft['lr']:g}, {ft['steps']} steps per concept (joint: {ft['steps'] * len(tnames)}), "
         f"batch {ft['batch_size']}, preserve_weight {ft['preserve_weight']:g}, fusion beta {ft['ant_fusion_beta']:g}, "
         f"fusion positions `{ft.get('ant_fusion_positions', 'tokens')}` (`fusion:all` / `fusion:tokens`: that variant, "
-        f"same LoRAs; `@B`: fusion beta B). "
+        f"same LoRAs; `@B`: fusion beta B; `+sum`: a target prompt showing several targets gets the sum of their "
+        f"edits). "
         + "".join(f"Concept {t!r} LoRA with {v['finetune']}. " for t, v in res["targets"].items() if v.get("finetune"))
         + f"Detection: world classifier, {s['images']} held-out images per row (DDIM {s['sample_steps']} steps, guidance "
         f"{s['guidance']:g}), same seeds for every model; torch threads {res['torch_threads']}.",

@@ -15,6 +15,9 @@
     (E rows are embeddings). The ridge lam = ant_fusion_ridge * mean(diag(A without ridge)) is
     tiny and only makes A invertible when the embeddings do not span the D dimensions; it pulls
     towards the base weights. Solved in float64. No concept: the base weights, unchanged.
+    `ant_fusion_overlap: sum`: a prompt of concept i that also shows concepts i2, i3 (by the caller's
+    `shows`) has the target (W + Delta W_i + Delta W_i2 + Delta W_i3) e_j instead: its embedding sets
+    are grouped by the deltas that apply (`applies`).
 """
 
 from __future__ import annotations
@@ -143,10 +146,17 @@ def token_embeddings(parts: DiffusionParts, prompts: list[str], positions: str =
 
 def fuse_closed_form(base: dict[str, torch.Tensor], deltas: list[dict[str, torch.Tensor]],
                      concept_embs: list[torch.Tensor], preserve_embs: torch.Tensor | None,
-                     beta: float, ridge: float) -> dict[str, torch.Tensor]:
-    """W* per layer of `base` (out, D) from Eq. 7's normal equations (see the module docstring)."""
-    if len(deltas) != len(concept_embs):
-        raise ValueError(f"{len(deltas)} concept deltas but {len(concept_embs)} embedding sets")
+                     beta: float, ridge: float, applies: list[tuple[int, ...]] | None = None) -> dict[str, torch.Tensor]:
+    """W* per layer of `base` (out, D) from Eq. 7's normal equations (see the module docstring).
+
+    `applies[s]`: indices of the deltas whose sum is the target edit of embedding set s
+    (default: set i takes delta i alone, one set per concept)."""
+    if applies is None:
+        if len(deltas) != len(concept_embs):
+            raise ValueError(f"{len(deltas)} concept deltas but {len(concept_embs)} embedding sets")
+        applies = [(i,) for i in range(len(deltas))]
+    elif len(applies) != len(concept_embs) or any(not 0 <= i < len(deltas) for a in applies for i in a):
+        raise ValueError("applies: one tuple of delta indices per embedding set")
     if not deltas:
         return {k: w.clone() for k, w in base.items()}
     out = {}
@@ -158,11 +168,12 @@ def fuse_closed_form(base: dict[str, torch.Tensor], deltas: list[dict[str, torch
         D = W.shape[1]
         A = torch.zeros(D, D, dtype=torch.float64)
         B = torch.zeros_like(W)
-        for d, e in zip(deltas, concept_embs):
+        for idx, e in zip(applies, concept_embs):
             e = e.double()
             ee = e.T @ e
             A += ee
-            B += (W + d.get(k, torch.zeros_like(w)).double()) @ ee
+            edit = sum((deltas[i].get(k, torch.zeros_like(w)).double() for i in idx), torch.zeros_like(W))
+            B += (W + edit) @ ee
         if preserve_embs is not None and preserve_embs.numel():
             pp = preserve_embs.double().T @ preserve_embs.double()
             A += beta * pp
@@ -193,14 +204,27 @@ def ant_multi_concept(parts: DiffusionParts, concepts: list[ForgetData], preserv
 
 def fuse_deltas(parts: DiffusionParts, base: dict[str, torch.Tensor], deltas: list[dict[str, torch.Tensor]],
                 concepts: list[ForgetData], preserve_prompts: list[str],
-                params: FinetuneParams) -> dict[str, torch.Tensor]:
+                params: FinetuneParams, shows=None) -> dict[str, torch.Tensor]:
     """Eq. 7 for `deltas` (one per concept of `concepts`): e_j = token embeddings of each concept's
-    distinct prompts, e_k those of `preserve_prompts`."""
+    distinct prompts, e_k those of `preserve_prompts`. With ant_fusion_overlap `sum`, `shows(prompt)`
+    (required then) gives the indices of the erased concepts a prompt shows."""
     pos = params.ant_fusion_positions
-    concept_embs = [token_embeddings(parts, list(dict.fromkeys(d.prompts)), pos) for d in concepts]
-    return fuse_closed_form(base, deltas, concept_embs,
-                            token_embeddings(parts, list(dict.fromkeys(preserve_prompts)), pos),
-                            params.ant_fusion_beta, params.ant_fusion_ridge)
+    preserve = token_embeddings(parts, list(dict.fromkeys(preserve_prompts)), pos)
+    if params.ant_fusion_overlap == "own":
+        concept_embs = [token_embeddings(parts, list(dict.fromkeys(d.prompts)), pos) for d in concepts]
+        return fuse_closed_form(base, deltas, concept_embs, preserve, params.ant_fusion_beta, params.ant_fusion_ridge)
+    if shows is None:
+        raise ValueError("finetune.ant_fusion_overlap=sum needs to know which erased concepts each prompt shows "
+                         "(multi-concept fusion, trust.methods.ant_multi); use `own` here")
+    sets, applies = [], []
+    for i, d in enumerate(concepts):
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for p in dict.fromkeys(d.prompts):
+            groups.setdefault(tuple(sorted({i, *shows(p)})), []).append(p)
+        for idx, prompts in groups.items():
+            sets.append(token_embeddings(parts, prompts, pos))
+            applies.append(idx)
+    return fuse_closed_form(base, deltas, sets, preserve, params.ant_fusion_beta, params.ant_fusion_ridge, applies)
 
 
 @torch.no_grad()
