@@ -24,8 +24,8 @@ batch as the training step), preserve_weight=0 (no preservation data) and steps.
 Writes OUT/memory_scale.{json,md,png}: per width, UNet parameters, peak memory of each method, the
 ratio TRUST/full, trainable parameters and s/step; the plot marks the world benchmark's ratio (from
 bench/results/methods.json) and the issue's 0.5 bar. SD at full width (w=320, 860M parameters) needs
-~20 GB here for full fine-tuning (base UNet + its copy + frozen copy + gradients + Adam) and is not
-in the default list. `--quick`: a smoke run (widths 8 and 16 with 8 norm groups, 8x8 latents, 1 step; written to
+~19 GiB here before activations for full fine-tuning (base UNet + its copy + frozen copy + gradients +
+Adam: 6x 3.2 GiB) and is not in the default list (`--widths 320` runs it where there is the RAM). `--quick`: a smoke run (widths 8 and 16 with 8 norm groups, 8x8 latents, 1 step; written to
 .cache/bench-memory-scale-quick unless --out is given).
 """
 
@@ -117,8 +117,6 @@ def forget_data(parts, references: int, seed: int = 0):
 
 def measure_method(parts, data, run, ft, loc, steps: int) -> dict:
     """One method as `run_bench` runs it: fresh UNet copy; set-up (TRUST: its initial mask) and steps in PeakMemory."""
-    import torch
-
     from trust.methods.benchmark import PeakMemory
     from trust.methods.registry import method_class
     from trust.methods.saliency import cross_attention_params, expand_mask, mask_size
@@ -144,15 +142,13 @@ def measure_method(parts, data, run, ft, loc, steps: int) -> dict:
     row = {
         "label": run.label, "method": run.method, "lr": ft.lr, "peak_memory_bytes": mem.bytes,
         "rss_at_start_bytes": mem.start, "trainable_parameters": method.trainable_parameters(),
-        "setup_s": setup_s, "s_per_step": sum(step_times) / len(step_times), "step_s": step_times,
+        "setup_s": setup_s, "s_per_step": sum(step_times) / len(step_times), "step_s": step_times, "memory": mem.kind,
     }
-    row["memory"] = mem.kind
     if method.mask:
         row["mask_rows"] = mask_size(method.mask)
         row["masked_weights"] = int(sum(expand_mask(m, method.params[k]).sum().item() for k, m in method.mask.items()))
     del method, scorer, mask, p
     gc.collect()
-    torch.manual_seed(0)
     return row
 
 
@@ -201,6 +197,10 @@ def run_scale(widths, latent: int, batch: int, steps: int, references: int, text
             log(f"width {w} ({n / 1e6:.1f}M): {run.label:9s} peak {r['peak_memory_bytes'] / 2**20:8.1f} MiB, "
                 f"trainable {r['trainable_parameters']:,}, {r['s_per_step']:.2f} s/step, set-up {r['setup_s']:.1f}s")
         tr, full = row["methods"]["trust"], row["methods"]["full"]
+        per = row["unet_weight_bytes"] // n  # bytes per parameter (fp32: 4)
+        for r in (tr, full):  # weight-shaped state: frozen copy + gradient + 2 Adam moments of the trainable weights
+            r["weight_state_bytes"] = row["unet_weight_bytes"] + 3 * r["trainable_parameters"] * per
+            r["other_bytes"] = r["peak_memory_bytes"] - r["weight_state_bytes"]  # activations, workspaces, ...
         row["ratio_trust_full"] = tr["peak_memory_bytes"] / full["peak_memory_bytes"]
         row["seconds"] = time.perf_counter() - t0
         log(f"width {w}: TRUST/full peak memory {row['ratio_trust_full']:.2f} ({row['seconds']:.0f}s)")
@@ -224,6 +224,20 @@ def world_ratio(path: Path) -> dict | None:
             "trust_peak_memory_bytes": tr["peak_memory_bytes"], "full_peak_memory_bytes": full["peak_memory_bytes"],
             "ratio_trust_full": tr["peak_memory_bytes"] / full["peak_memory_bytes"],
             "batch_size": res.get("finetune_base", {}).get("batch_size"), "device": res.get("device")}
+
+
+def sd_size(norm_groups: int = 32) -> dict:
+    """SD v1's UNet (w=320) parameter counts, built on the meta device (no memory): for the not-measured note."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from trust.methods.saliency import cross_attention_params
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**sd_unet_config(SD_BLOCKS[0], 64, norm_groups))
+    return {"width": SD_BLOCKS[0], "unet_parameters": sum(p.numel() for p in unet.parameters()),
+            "cross_attention_parameters": sum(p.numel() for p in cross_attention_params(unet, ["to_q", "to_k", "to_v"])
+                                              .values())}
 
 
 def markdown(result: dict) -> str:
@@ -265,8 +279,33 @@ def markdown(result: dict) -> str:
         "two Adam moments for every UNet weight (3x the UNet's weight bytes), TRUST only for the attn2 "
         "to_q/to_k/to_v weights (its trainable parameters; the mask zeroes gradients of rows outside it). "
         "Activations saved for backward grow with width x latent area, the weight-shaped state with width^2, so "
-        "the ratio falls as the UNet grows. SD v1 at full width (w=320, ~860M parameters) was not measured: full "
-        "fine-tuning there needs ~20 GB of RAM in this set-up (base UNet, its copy, frozen copy, gradients, Adam).",
+        "the ratio falls as the UNet grows.",
+        "",
+        "Weight-shaped state (frozen copy + gradient + 2 Adam moments of the trainable weights, computed from the "
+        "parameter counts) and the rest of the measured peak (activations, workspaces):",
+        "",
+        "| w | TRUST state (MiB) | TRUST rest (MiB) | full state (MiB) | full rest (MiB) |",
+        "|---|---|---|---|---|",
+        *[f"| {r['width']} | {r['methods']['trust']['weight_state_bytes'] / mib:.0f} "
+          f"| {r['methods']['trust']['other_bytes'] / mib:.0f} | {r['methods']['full']['weight_state_bytes'] / mib:.0f} "
+          f"| {r['methods']['full']['other_bytes'] / mib:.0f} |" for r in result["rows"]],
+    ]
+    sd = result.get("sd_v1")
+    if sd:
+        gib = 2**30
+        w_bytes = sd["unet_parameters"] * 4
+        lines += [
+            "",
+            f"SD v1 at full width (w=320: {sd['unet_parameters']:,} UNet parameters, {sd['cross_attention_parameters']:,} "
+            f"in attn2 to_q/to_k/to_v) was **not measured**: in fp32 its weights are {w_bytes / gib:.1f} GiB, so full "
+            f"fine-tuning's weight-shaped state alone is {4 * w_bytes / gib:.1f} GiB (TRUST's: "
+            f"{(w_bytes + 12 * sd['cross_attention_parameters']) / gib:.1f} GiB), on top of the base UNet and its "
+            f"working copy ({2 * w_bytes / gib:.1f} GiB) held outside the measured region, plus activations: "
+            f"{6 * w_bytes / gib:.1f} GiB before activations, against this machine's {result['ram_gib']:.1f} GiB of "
+            "RAM (shared with other jobs).",
+        ]
+    lines += [
+        "",
         f"Total wall-clock {result['seconds']:.0f}s.",
         "",
     ]
@@ -280,7 +319,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     xs = [r["unet_parameters"] for r in rows]
     ys = [r["ratio_trust_full"] for r in rows]
     ax.plot(xs, ys, "o-", color="#c0392b", label=f"SD-v1 layout, {result['settings']['latent']}x"
@@ -301,6 +340,19 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"peak memory ratio vs model size ({result['machine']}, {result['memory']})", fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3, which="both")
+    mib = 2**20
+    for key, name, colour in (("trust", "TRUST-CIP", "#c0392b"), ("full", "full fine-tuning", "#7f8c8d")):
+        ax2.plot(xs, [r["methods"][key]["peak_memory_bytes"] / mib for r in rows], "o-", color=colour,
+                 label=f"{name}: measured peak")
+        ax2.plot(xs, [r["methods"][key]["weight_state_bytes"] / mib for r in rows], ":", color=colour,
+                 label=f"{name}: weight-shaped state (computed)")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("UNet parameters")
+    ax2.set_ylabel("MiB")
+    ax2.set_title("peak memory above start; state = frozen copy + grad + Adam of trainable weights", fontsize=9)
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -311,6 +363,10 @@ def write_results(result: dict, out: Path) -> None:
     (out / "memory_scale.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (out / "memory_scale.md").write_text(markdown(result))
     plot(result, out / "memory_scale.png")
+
+
+def ram_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,12 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_scale(widths, latent, a.batch, steps, a.references, a.text_layers, norm_groups)
     result = {
         "what": "peak memory of TRUST-CIP vs full fine-tuning on SD-v1-layout UNets of growing width (random weights)",
-        "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})", "device": "cpu",
+        "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})", "device": "cpu", "ram_gib": ram_gib(),
         "memory": rows[0]["methods"]["trust"]["memory"] if rows else None,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "settings": {"widths": widths, "latent": latent, "batch": a.batch, "steps": steps, "references": a.references,
                      "text_layers": a.text_layers, "text_tokens": SD_TOKENS, "norm_groups": norm_groups, "quick": a.quick, "runs": list(RUN_LABELS)},
-        "rows": rows, "world": world_ratio(a.world), "seconds": time.perf_counter() - t0,
+        "rows": rows, "world": world_ratio(a.world), "sd_v1": sd_size(norm_groups), "seconds": time.perf_counter() - t0,
     }
     write_results(result, out)
     print((out / "memory_scale.md").read_text())
