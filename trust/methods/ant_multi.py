@@ -292,7 +292,8 @@ def markdown(res: dict, bar: float = 0.10) -> str:
         f"edits). "
         + "".join(f"Concept {t!r} LoRA with {v['finetune']}. " for t, v in res["targets"].items() if v.get("finetune"))
         + f"Detection: world classifier, {s['images']} held-out images per row (DDIM {s['sample_steps']} steps, guidance "
-        f"{s['guidance']:g}), same seeds for every model; torch threads {res['torch_threads']}.",
+        f"{s['guidance']:g}), same seeds for every model (eval seed {s.get('seed', 0)}); "
+        f"torch threads {res['torch_threads']}.",
         "",
         "| model | " + " | ".join(f"{t} (target)" for t in tnames) + " | " + " | ".join(knames)
         + " | max target | max kept drop | train (s) |",
