@@ -47,7 +47,7 @@ def _fresh(world):
 def _method(world, world_data, case: str, **extra):
     parts = _fresh(world)
     data, keep = world_data
-    kw = {"batch_size": 4, "lr": 1e-3, **CASES[case], **extra}
+    kw = {"batch_size": 4, "lr": 1e-3, **CASES.get(case, {}), **extra}
     ft = FinetuneParams(**kw)
     loc = LocalizeParams(batch_size=4, xi=1.0)
     mask = denoise_saliency(parts.unet, parts.unet, cross_attention_params(parts.unet, loc.modules), data, parts, loc, 0, 0)
@@ -55,7 +55,7 @@ def _method(world, world_data, case: str, **extra):
 
 
 def test_registry_lists_all_methods():
-    assert set(METHODS) == {"trust", "esd", "salun", "conceptprune", "full", "ant"}
+    assert set(METHODS) == {"trust", "esd", "salun", "conceptprune", "full", "ant", "ant_fusion"}
     with pytest.raises(ValueError, match="unknown finetune.method"):
         build_method("nope", None, None, None, None)
 
@@ -224,3 +224,32 @@ def test_short_erasure_lowers_target_detection(shipped_world, shipped_classifier
         method.step(s)
     after = rate(parts)
     assert before >= 0.5 and after <= before - 0.4, (before, after)
+
+
+def test_ant_fusion_writes_only_on_sync_and_resumes_exactly(shipped_world, world_data):
+    """finetune.method ant_fusion: training touches only the LoRA; sync() (the stage calls it after
+    the last step) writes fused attn2 to_k/to_v weights; a resumed run fuses to the same weights."""
+    from trust.methods.lora_fusion import kv_weight_names
+
+    extra = {"method": "ant_fusion", "lr": 5e-3, "ant_ddim_steps": 10, "ant_split_step": 7, "ant_lora_rank": 2,
+             "ant_fusion_positions": "all"}
+    parts_a, a = _method(shipped_world, world_data, "ant_fusion", **extra)
+    before = {k: v.clone() for k, v in parts_a.unet.state_dict().items()}
+    for s in range(4):
+        a.step(s)
+    assert all(torch.equal(v, before[k]) for k, v in parts_a.unet.state_dict().items())  # not yet fused
+    a.sync()
+    after = parts_a.unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= set(kv_weight_names(parts_a.unet))
+    parts_b, b = _method(shipped_world, world_data, "ant_fusion", **extra)
+    for s in range(2):
+        b.step(s)
+    state = {k: v.clone() for k, v in b.state_tensors().items()}
+    parts_c, c = _method(shipped_world, world_data, "ant_fusion", **extra)
+    c.load_state_tensors(state)
+    for s in range(2, 4):
+        c.step(s)
+    c.sync()
+    for k, v in parts_c.unet.state_dict().items():
+        assert torch.equal(v, after[k]), k

@@ -111,12 +111,14 @@ class FinetuneParams(_Strict):
     """How the concept is erased. `method` picks one unlearning method (docs/METHODS.md);
     fields prefixed by a method's name apply to that method only."""
 
-    method: Literal["trust", "esd", "salun", "conceptprune", "full", "ant"] = Field(
+    method: Literal["trust", "esd", "salun", "conceptprune", "full", "ant", "ant_fusion"] = Field(
         "trust", description="trust: dynamic-mask selective fine-tuning of cross-attention rows; esd: Erased Stable "
                              "Diffusion (negative guidance, esd_variant); salun: static saliency mask + retain loss; "
                              "conceptprune: training-free pruning of ff.net.2 weights (ends after its first step); "
                              "full: forget loss on every UNet weight; ant: trajectory-aware loss (preserve early, "
-                             "erase mid-to-late steps) under an intersected saliency mask")
+                             "erase mid-to-late steps) under an intersected saliency mask; ant_fusion: one LoRA on "
+                             "attn2 to_k/to_v trained with the ANT loss, fused into the weights in closed form (Eq. 7, "
+                             "ant_fusion_*) at the end; needs concept.preserve")
     seed: int = 0
     steps: int = Field(60, ge=1)
     lr: float = Field(3e-3, gt=0)

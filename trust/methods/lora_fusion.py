@@ -234,8 +234,9 @@ def write_weights(unet, weights: dict[str, torch.Tensor]) -> None:
 
 
 class AntFusionMethod(Method):
-    """ANT+fusion as one `Method` (for the benchmark): a single concept's LoRA trained with the ANT
-    loss (ConceptLora) and, on `sync()`, fused into the UNet with Eq. 7 (one concept: W* maps the
+    """ANT+fusion as one `Method` (`finetune.method: ant_fusion`; benchmark row ANT+fusion): a single
+    concept's LoRA trained with the ANT loss (ConceptLora) and, on `sync()` (the finetune stage calls
+    it after the last step), fused into the UNet with Eq. 7 (one concept: W* maps the
     concept's token embeddings like W + Delta W and the preservation prompts' like W). Training
     never touches `parts.unet`; only `sync()` writes the fused to_k/to_v weights into it.
     The preservation prompts are `keep`'s (the preservation train prompts), hence needs_keep."""

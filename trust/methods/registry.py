@@ -7,6 +7,7 @@ from trust.methods.base import Method
 from trust.methods.conceptprune import ConceptPruneMethod
 from trust.methods.esd import EsdMethod
 from trust.methods.full import FullMethod
+from trust.methods.lora_fusion import AntFusionMethod
 from trust.methods.salun import SalunMethod
 from trust.methods.trust_method import TrustMethod
 
@@ -17,6 +18,7 @@ METHODS: dict[str, type[Method]] = {
     "conceptprune": ConceptPruneMethod,
     "full": FullMethod,
     "ant": AntMethod,
+    "ant_fusion": AntFusionMethod,
 }
 
 

@@ -112,6 +112,8 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
         if (step + 1) % ft.checkpoint_every == 0 and step + 1 < ft.steps:
             save_tensors(method.state_tensors(), ckpt_dir / "state.safetensors")
             write_json({"step": step + 1, "history": history, "digest": digest}, meta_path)
+    if hasattr(method, "sync"):  # ant_fusion: the LoRA is fused into the UNet weights once, at the end
+        method.sync()
     seconds = time.perf_counter() - t0
 
     section = {"finetune": ft.model_dump(mode="json"), "localize": params.localize.model_dump(mode="json")}
