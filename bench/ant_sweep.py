@@ -185,7 +185,7 @@ def tune(a) -> int:
         settings = BenchSettings(steps=steps, check_every=a.check_every, stop_at_bar=False, sample_steps=20,
                                  eval_images=48, keep_images=16)
         t0 = time.perf_counter()
-        res = run_bench(world, clf, params, [Run(label, "ant", ov, builder=builder)], settings)
+        res = run_bench(world, clf, params, [Run(label, builder or "ant", ov)], settings)
         r = res["runs"][0]
         rec = {"label": label, "overrides": ov, "builder": builder, "steps": steps, "note": a.note, "base": res["base"],
                "target_rate": r["erasure_target_rate"], "preservation": r["preservation"], "keep": r["keep"],
@@ -217,7 +217,7 @@ def tprime(a) -> int:
     base_ov = parse_overrides(a.set)[0] if a.set.strip() else {}
     builder = base_ov.pop("builder", None)  # builder=ant_fusion: sweep the LoRA + closed-form fusion variant
     splits = [int(x) for x in a.splits.split(",") if x]
-    runs = [Run(f"t'={k}", "ant", {**base_ov, "ant_split_step": k}, builder=builder) for k in splits]
+    runs = [Run(f"t'={k}", builder or "ant", {**base_ov, "ant_split_step": k}) for k in splits]
     settings = BenchSettings(steps=a.steps, check_every=a.check_every, stop_at_bar=False, sample_steps=20,
                              eval_images=48, keep_images=16)
     res = run_bench(world, clf, params, runs, settings)

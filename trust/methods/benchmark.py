@@ -40,15 +40,8 @@ from trust.sampling import generate
 @dataclass
 class Run:
     label: str
-    method: str  # finetune.method the overrides are validated with
+    method: str  # finetune.method (registry name); the overrides are validated with it
     overrides: dict = field(default_factory=dict)
-    builder: str | None = None  # a method class outside the registry (_builders()), e.g. "ant_fusion"
-
-
-def _builders() -> dict:
-    from trust.methods.lora_fusion import AntFusionMethod
-
-    return {"ant_fusion": AntFusionMethod}
 
 
 # Baseline settings for the 16px world (their papers' lr are for SD v1.4 and ~1000 steps);
@@ -70,7 +63,7 @@ METHOD_RUNS = [
 # Settings tuned on the world (bench/results/ant_tuning.md).
 ANT_RUNS = [
     Run("ANT", "ant", {"ant_scope": "attn2", "ant_gamma": 1e-7, "lr": 5e-3, "preserve_weight": 30.0}),
-    Run("ANT+fusion", "ant", {"lr": 5e-3, "preserve_weight": 0.0}, builder="ant_fusion"),
+    Run("ANT+fusion", "ant_fusion", {"lr": 5e-3, "preserve_weight": 0.0}),
 ]
 # `trust bench` / bench/methods.py without --runs: every row of the README table, in one run.
 DEFAULT_RUNS = METHOD_RUNS + ANT_RUNS
@@ -225,7 +218,7 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
         loc = params.localize
         p = copy.copy(parts)
         p.unet = copy.deepcopy(parts.unet)
-        cls = _builders()[run.builder] if run.builder else method_class(run.method)
+        cls = method_class(run.method)
         steps_to_bar = time_to_bar = None
         checks, step_s, reest_s, history = [], 0.0, 0.0, []
         sync_s = 0.0  # a method with sync() (ANT+fusion) materialises its weights before each check: the
