@@ -226,6 +226,12 @@ def test_short_erasure_lowers_target_detection(shipped_world, shipped_classifier
     assert before >= 0.5 and after <= before - 0.4, (before, after)
 
 
+def test_ant_fusion_refuses_summed_overlap_before_training():
+    with pytest.raises(ValueError, match="ant_fusion_overlap=sum.*use `own`"):
+        FinetuneParams(method="ant_fusion", ant_fusion_overlap="sum")
+    assert FinetuneParams(method="ant", ant_fusion_overlap="sum").ant_fusion_overlap == "sum"  # multi-concept
+
+
 def test_ant_fusion_writes_only_on_sync_and_resumes_exactly(shipped_world, world_data):
     """finetune.method ant_fusion: training touches only the LoRA; sync() (the stage calls it after
     the last step) writes fused attn2 to_k/to_v weights; a resumed run fuses to the same weights."""

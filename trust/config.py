@@ -215,6 +215,10 @@ class FinetuneParams(_Strict):
         if self.conceptprune_timesteps > self.conceptprune_ddim_steps:
             raise ValueError(f"finetune.conceptprune_timesteps ({self.conceptprune_timesteps}) must be <= "
                              f"conceptprune_ddim_steps ({self.conceptprune_ddim_steps})")
+        if self.method == "ant_fusion" and self.ant_fusion_overlap == "sum":
+            # checked here, not at fusion time, so a pipeline run fails before any training
+            raise ValueError("finetune.ant_fusion_overlap=sum applies to multi-concept fusion "
+                             "(bench/ant_multi.py); finetune.method ant_fusion erases one concept: use `own`")
         return self
 
 
