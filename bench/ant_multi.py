@@ -6,7 +6,7 @@ result; joint: one LoRA on all three concepts' prompts) and reports each target'
 and each kept concept's (squares, crosses, red/green/blue, triangles on plain backgrounds) against
 the base model. Settings: params.yaml's finetune section (ant_* fields, lr, steps, batch_size,
 preserve_weight), overridden by --set. Writes bench/results/ant_multi.{md,json}.
-See trust/methods/ant_multi.py for the prompts and the strategies.
+See bench/lib/ant_multi.py for the prompts and the strategies.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from ant_sweep import parse_overrides
 
     from trust.config import load_params
-    from trust.methods.ant_multi import DEFAULT_TARGETS, MultiSettings, compare
+    from bench.lib.ant_multi import DEFAULT_TARGETS, MultiSettings, _with, compare
     from trust.models import load_model
     from trust.world.classifier import ConceptClassifier
 
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     over = parse_overrides(a.set)[0] if a.set.strip() else {}
     if a.quick:
         over.setdefault("steps", 2)
-    ft = params.finetune.model_copy(update={"method": "ant", **over})
-    ft = type(ft).model_validate(ft.model_dump())
+    ft = _with(params.finetune, over)  # ANT+fusion's LoRA knobs; old ant_* names accepted
     settings = MultiSettings(images=2 if a.quick else a.images, sample_steps=4 if a.quick else params.evaluate.steps,
                              guidance=params.evaluate.guidance, references=4 if a.quick else a.references,
                              seed=a.eval_seed)
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(res: dict) -> str:
-    from trust.methods.ant_multi import markdown
+    from bench.lib.ant_multi import markdown
 
     cmd = res.get("command") or f"python bench/ant_multi.py --set '{' '.join(f'{k}={v}' for k, v in res['overrides'].items())}'"
     return markdown(res) + f"\nWall-clock {res['wall_s']:.0f} s (references {res['references_s']:.0f} s). " \

@@ -8,7 +8,7 @@ Writes bench/results/ant_sweep.{json,md} and ant_mask_history.png.
 
 `--tune "lr=0.005 steps=600 preserve_weight=30; lr=0.01 ..."` instead trains each listed
 finetune-override set (method `ant`) through the method benchmark's measurement
-(trust.methods.benchmark.run_bench: erasure on held-out target prompts, each kept concept,
+(bench.lib.methods.run_bench: erasure on held-out target prompts, each kept concept,
 checks every `--check-every` steps, world eval sampling: 20 DDIM steps, guidance 4) and appends
 one JSON line per try to bench/results/ant_tuning.jsonl (the log behind ant_tuning.md).
 
@@ -66,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("TRUST_NUM_THREADS", "1")))
     from trust.concepts import build_prompt_sets
     from trust.config import load_params
-    from trust.methods.ant_saliency import plot_mask_history
+    from trust.methods.ant.saliency import plot_mask_history
     from trust.methods.data import ForgetData, preserve_data
-    from trust.methods.registry import build_method
+    from trust.methods.loop import build_method, train
     from trust.models import load_model
     from trust.sampling import generate
-    from trust.stages.evaluate import detected
+    from trust.metrics.detection import detected
     from trust.world.classifier import ConceptClassifier
 
     params = load_params(a.params)
@@ -99,22 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     histories = {}
     for gamma in _floats(a.gammas):
         for split in [int(x) for x in a.splits.split(",") if x]:
-            ft = params.finetune.model_copy(update={
-                "method": "ant", "ant_gamma": gamma, "ant_split_step": split, "ant_max_maps": a.max_maps,
-                "steps": a.steps, **({"lr": a.lr} if a.lr else {})})
+            ft = params.finetune.updated(method={"name": "ant", "gamma": gamma, "split_step": split,
+                                                 "max_maps": a.max_maps}, steps=a.steps, **({"lr": a.lr} if a.lr else {}))
             parts = copy.copy(world)
             parts.unet = copy.deepcopy(world.unet)
             data = ForgetData.build(parts, sets["target"]["train"], ft.references, ft.seed)
-            keep = preserve_data(parts, sets["preserve"]["train"], ft) \
-                if ft.preserve_weight > 0 else None
             t0 = time.perf_counter()
-            method = build_method("ant", parts, data, ft, params.localize, None, keep=keep)
+            method = build_method(parts, data, ft, params.localize,
+                                  keep=lambda: preserve_data(parts, sets["preserve"]["train"], ft))
             t_mask = time.perf_counter() - t0
-            hist = []
-            for s in range(ft.steps):
-                hist.append(method.step(s))
+            hist = train(method, ft.steps).history
             after = rates(parts)
-            label = f"gamma={gamma:g} t'={split}/{ft.ant_ddim_steps}"
+            label = f"gamma={gamma:g} t'={split}/{ft.method.ddim_steps}"
             histories[label] = method.mask_history
             results.append({"gamma": gamma, "split_step": split, "t_split": method._t_split,
                             "mask_size": method.mask_history[-1] if method.mask_history else 0,
@@ -161,13 +157,18 @@ def parse_overrides(text: str) -> list[dict]:
     return out
 
 
+def _knobs(ov: dict) -> dict:
+    """Overrides as written on the command line: ANT's knobs with or without their old `ant_` prefix."""
+    return {k.removeprefix("ant_"): v for k, v in ov.items()}
+
+
 def tune(a) -> int:
     """Train each override set with run_bench and append the measurements to ant_tuning.jsonl."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("TRUST_NUM_THREADS", "1")))
     from trust.config import load_params
-    from trust.methods.benchmark import BenchSettings, Run, run_bench
+    from bench.lib.methods import BenchSettings, Run, run_bench
     from trust.models import load_model
     from trust.world.classifier import ConceptClassifier
 
@@ -185,7 +186,7 @@ def tune(a) -> int:
         settings = BenchSettings(steps=steps, check_every=a.check_every, stop_at_bar=False, sample_steps=20,
                                  eval_images=48, keep_images=16)
         t0 = time.perf_counter()
-        res = run_bench(world, clf, params, [Run(label, builder or "ant", ov)], settings)
+        res = run_bench(world, clf, params, [Run(label, builder or "ant", {}, _knobs(ov))], settings)
         r = res["runs"][0]
         rec = {"label": label, "overrides": ov, "builder": builder, "steps": steps, "note": a.note, "base": res["base"],
                "target_rate": r["erasure_target_rate"], "preservation": r["preservation"], "keep": r["keep"],
@@ -207,7 +208,7 @@ def tprime(a) -> int:
 
     torch.set_num_threads(int(os.environ.get("TRUST_NUM_THREADS", "1")))
     from trust.config import load_params
-    from trust.methods.benchmark import BenchSettings, Run, run_bench
+    from bench.lib.methods import BenchSettings, Run, run_bench
     from trust.models import load_model
     from trust.world.classifier import ConceptClassifier
 
@@ -217,23 +218,23 @@ def tprime(a) -> int:
     base_ov = parse_overrides(a.set)[0] if a.set.strip() else {}
     builder = base_ov.pop("builder", None)  # builder=ant_fusion: sweep the LoRA + closed-form fusion variant
     splits = [int(x) for x in a.splits.split(",") if x]
-    runs = [Run(f"t'={k}", builder or "ant", {**base_ov, "ant_split_step": k}) for k in splits]
+    runs = [Run(f"t'={k}", builder or "ant", {}, _knobs({**base_ov, "split_step": k})) for k in splits]
     settings = BenchSettings(steps=a.steps, check_every=a.check_every, stop_at_bar=False, sample_steps=20,
                              eval_images=48, keep_images=16)
     res = run_bench(world, clf, params, runs, settings)
-    from trust.methods.ant import split_timestep
+    from trust.methods.ant.method import split_timestep
 
     rows = []
     for k, r in zip(splits, res["runs"]):
-        ft = params.finetune.model_copy(update={**base_ov, "ant_split_step": k})
-        rows.append({"split_step": k, "t_split_train": split_timestep(world.scheduler, k, ft.ant_ddim_steps),
+        ft = runs[0].finetune(params.finetune)
+        rows.append({"split_step": k, "t_split_train": split_timestep(world.scheduler, k, ft.method.ddim_steps),
                      "target_rate": r["erasure_target_rate"], "preservation": r["preservation"], "keep": r["keep"],
                      "changed_parameters": r["changed_parameters"], "checks": r["checks"], "train_s": r["train_s"]})
     out = {"overrides": base_ov, "builder": builder, "steps": a.steps, "base": res["base"], "runs": rows,
            "torch_threads": torch.get_num_threads()}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "ant_tprime.json").write_text(json.dumps(out, indent=1) + "\n")
-    n = params.finetune.model_copy(update=base_ov).ant_ddim_steps
+    n = runs[0].finetune(params.finetune).method.ddim_steps
     variant = "ANT+fusion (one LoRA, closed-form fusion)" if builder == "ant_fusion" else "ANT (masked)"
     lines = [f"# ANT t' sweep on the world (erase 'circle', {variant}, {a.steps} steps)", "",
              f"Settings: params.yaml finetune, method ant, with {base_ov or 'no overrides'}; t' = ant_split_step of "

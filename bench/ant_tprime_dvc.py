@@ -1,6 +1,6 @@
 """ANT t' sweep through the pipeline, as DVC experiments: `python bench/ant_tprime_dvc.py`.
 
-Queues one `dvc exp run evaluate` experiment per t' (`finetune.ant_split_step`), each with
+Queues one `dvc exp run evaluate` experiment per t' (`finetune.method.split_step`), each with
 `finetune.method=ant` and the single-concept ANT settings of the method benchmark (`--set` adds
 or replaces `-S` overrides), runs the queue (`dvc exp run --run-all`), then reads every
 experiment named `tprime-<t'>` back from `dvc exp show --json`: held-out target rate and each
@@ -23,8 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# ANT's single-concept settings on the world (trust/methods/benchmark.py ANT_RUNS, bench/results/ant_tuning.md).
-ANT_SETTINGS = ("finetune.method=ant", "finetune.ant_scope=attn2", "finetune.ant_gamma=1e-7", "finetune.lr=0.005",
+# ANT's single-concept settings on the world (bench/lib/methods.py ANT_RUNS, bench/results/ant_tuning.md).
+# The method section is replaced whole (a dict value), so none of params.yaml's TRUST knobs is left in it.
+ANT_SETTINGS = ("finetune.method={name:ant,scope:attn2,gamma:1e-7}", "finetune.lr=0.005",
                 "finetune.preserve_weight=30", "finetune.steps=150", "evaluate.attacks.run=[]")
 
 
@@ -61,9 +62,9 @@ def overrides(extra: list[str]) -> list[str]:
 def queue_and_run(project: Path, splits: list[int], extra: list[str]) -> None:
     sets = overrides(extra)
     for k in splits:
-        args = ["exp", "run", "evaluate", "--queue", "-n", f"tprime-{k}", "-S", f"++finetune.ant_split_step={k}"]
+        args = ["exp", "run", "evaluate", "--queue", "-n", f"tprime-{k}", "-S", f"++finetune.method.split_step={k}"]
         for s in sets:
-            # '++': set the key whether or not params.yaml spells it out (the ant_* fields are defaults)
+            # '++': set the key whether or not the params file spells it out (ANT's knobs are defaults)
             args += ["-S", f"++{s}"]
         dvc(project, *args)
     dvc(project, "exp", "run", "--run-all")
@@ -88,11 +89,12 @@ def collect(project: Path) -> list[dict]:
                 continue  # still queued
             keep = {k: v["tuned"] for k, v in m["keep"].items()}
             when = data.get("timestamp") or ""
-            if ft["ant_split_step"] in rows and rows[ft["ant_split_step"]]["timestamp"] >= when:
+            k = ft["method"]["split_step"]
+            if k in rows and rows[k]["timestamp"] >= when:
                 continue  # an older run of the same t'
-            rows[ft["ant_split_step"]] = {"timestamp": when,
-                "experiment": name, "rev": exp["revs"][0].get("rev"), "split_step": ft["ant_split_step"],
-                "method": ft["method"], "steps": ft["steps"], "lr": ft["lr"], "preserve_weight": ft["preserve_weight"],
+            rows[k] = {"timestamp": when,
+                "experiment": name, "rev": exp["revs"][0].get("rev"), "split_step": k,
+                "method": ft["method"]["name"], "steps": ft["steps"], "lr": ft["lr"], "preserve_weight": ft["preserve_weight"],
                 "target_rate": m["target_rate"], "target_rate_base": m["target_rate_base"],
                 "keep": keep, "keep_base": {k: v["base"] for k, v in m["keep"].items()},
                 "preservation": sum(keep.values()) / len(keep) if keep else float("nan")}
@@ -104,8 +106,8 @@ def markdown(rows: list[dict], settings: list[str]) -> str:
     lines = ["# ANT t' sweep as DVC experiments (erase the params.yaml concept through the pipeline)", "",
              "`python bench/ant_tprime_dvc.py`: one `dvc exp run evaluate` per t' with "
              + ", ".join(f"`{s}`" for s in settings) + ". Target: the evaluate stage's held-out target rate; "
-             "kept: each kept concept's rate (base in the header). t' is `finetune.ant_split_step`, a DDIM-step "
-             "index of `finetune.ant_ddim_steps` (L_preserve above it, L_erase below).", ""]
+             "kept: each kept concept's rate (base in the header). t' is `finetune.method.split_step`, a DDIM-step "
+             "index of `finetune.method.ddim_steps` (L_preserve above it, L_erase below).", ""]
     if not rows:
         return "\n".join(lines + ["No experiment named tprime-<t'> has metrics yet."]) + "\n"
     base = rows[0]
@@ -131,7 +133,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for h in sorted({h for r in rows for h in r["keep"]}):
         ax.plot(ks, [r["keep"].get(h) for r in rows], ":", alpha=0.6, label=h)
     ax.axhline(0.10, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("t' (ant_split_step, DDIM-step index)")
+    ax.set_xlabel("t' (method.split_step, DDIM-step index)")
     ax.set_ylabel("detection rate (held out)")
     ax.set_ylim(-0.02, 1.05)
     ax.set_title("ANT t' sweep, DVC experiments")

@@ -3,7 +3,7 @@
 Trains the base model's erasures (a deliberately weak ESD-x, TRUST-CIP, ESD-x, ESD-u, SalUn) from
 params.yaml's concept in one process, attacks each with UnlearnDiffAtk, P4D and Ring-A-Bell on the
 prompt set `evaluate.attacks.prompt_set`, and writes bench/results/attacks.{md,json,png}.
-See trust/attacks/benchmark.py for what is measured and how.
+See bench/lib/attacks.py for what is measured and how.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("TRUST_NUM_THREADS", "1")))
-    from trust.attacks.benchmark import run_from_params
+    from bench.lib.attacks import run_from_params
 
     weak = tuple(int(x) for x in a.weak_steps.split(",") if x.strip()) if a.weak_steps else None
     out = a.out if not a.quick or a.out != ROOT / "bench" / "results" else ROOT / ".cache" / "bench-attacks-quick"

@@ -1,6 +1,6 @@
 """Peak memory of TRUST vs full fine-tuning as the UNet grows: `python bench/memory_scale.py [--quick]`.
 
-The method benchmark (trust/methods/benchmark.py) measures TRUST's peak memory at ~0.9x full
+The method benchmark (bench/lib/methods.py) measures TRUST's peak memory at ~0.9x full
 fine-tuning's on the world model: its ~1.7M-parameter UNet is so small that activations and the
 frozen copy dominate, and full fine-tuning's extra cost (a gradient and two Adam moments for every
 UNet weight) is tiny. This script measures how that ratio moves with model size.
@@ -117,28 +117,18 @@ def forget_data(parts, references: int, seed: int = 0):
 
 def measure_method(parts, data, run, ft, loc, steps: int) -> dict:
     """One method as `run_bench` runs it: fresh UNet copy; set-up (TRUST: its initial mask) and steps in PeakMemory."""
-    from trust.methods.benchmark import PeakMemory
-    from trust.methods.registry import method_class
-    from trust.methods.saliency import cross_attention_params, expand_mask, mask_size
-    from trust.methods.scorers import build_scorer
+    from trust.methods.loop import build_method, train
+    from trust.methods.saliency import expand_mask, mask_size
+    from trust.utils.memory import PeakMemory
 
     device = parts.unet.device
     p = copy.copy(parts)
     p.unet = copy.deepcopy(parts.unet)
-    cls = method_class(run.method)
-    step_times = []
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
-        scorer = mask = None
-        if run.method == "trust":
-            scorer = build_scorer(loc, p, data)
-            mask = scorer.mask(p.unet, p.unet, cross_attention_params(p.unet, loc.modules), loc.seed, 0, 0)
-        method = cls(p, data, ft, loc, mask, keep=None, scorer=scorer)
+        method = build_method(p, data, ft, loc)  # TRUST: its initial mask through its scorer
         setup_s = time.perf_counter() - t0
-        for step in range(steps):
-            t1 = time.perf_counter()
-            method.step(step)
-            step_times.append(time.perf_counter() - t1)
+        step_times = train(method, steps).step_s
     row = {
         "label": run.label, "method": run.method, "lr": ft.lr, "peak_memory_bytes": mem.bytes,
         "rss_at_start_bytes": mem.start, "trainable_parameters": method.trainable_parameters(),
@@ -147,7 +137,7 @@ def measure_method(parts, data, run, ft, loc, steps: int) -> dict:
     if method.mask:
         row["mask_rows"] = mask_size(method.mask)
         row["masked_weights"] = int(sum(expand_mask(m, method.params[k]).sum().item() for k, m in method.mask.items()))
-    del method, scorer, mask, p
+    del method, p
     gc.collect()
     return row
 
@@ -166,17 +156,15 @@ def run_scale(widths, latent: int, batch: int, steps: int, references: int, text
     import torch
 
     from trust.config import FinetuneParams, LocalizeParams
-    from trust.methods.benchmark import select_runs
+    from bench.lib.methods import select_runs
     from trust.methods.saliency import cross_attention_params
 
     runs = select_runs(",".join(RUN_LABELS))
     loc = LocalizeParams(batch_size=batch)
 
     def ft_for(run, n_steps):
-        base = FinetuneParams(method=run.method)
-        ft = base.model_copy(update={**run.overrides, "batch_size": batch, "preserve_weight": 0.0, "steps": n_steps,
-                                     "references": references})
-        return type(ft).model_validate(ft.model_dump())
+        return run.finetune(FinetuneParams(), batch_size=batch, preserve_weight=0.0, steps=n_steps,
+                            references=references)
 
     tokenizer = build_tokenizer()
     warm_up(tokenizer, runs, ft_for, loc, min(widths), norm_groups)

@@ -3,7 +3,7 @@
 Same as `trust bench`. Trains TRUST-CIP, TRUST-CSR, TRUST (static mask), ESD-x, ESD-u, SalUn,
 ConceptPrune, full fine-tuning, ANT and ANT+fusion from params.yaml's concept; writes
 bench/results/methods.{md,json,png}. A subset: `--runs ANT,ANT+fusion --name NAME` (writes NAME.{md,json,png}).
-See trust/methods/benchmark.py for what is measured and how.
+See bench/lib/methods.py for what is measured and how.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("TRUST_NUM_THREADS", "1")))
-    from trust.methods.benchmark import run_from_params
+    from bench.lib.methods import run_from_params
 
     result = run_from_params(a.params, a.out, a.steps, a.quick, a.check_every, a.runs, not a.no_stop_at_bar,
                              root=ROOT, name=a.name, sample_steps=a.sample_steps)

@@ -9,18 +9,19 @@ import torch
 from diffusers import DDPMScheduler
 
 from trust.config import FinetuneParams, LocalizeParams
-from trust.methods import METHODS, build_method
-from trust.methods import ant_saliency
-from trust.methods.ant import draw_timesteps, split_timestep
-from trust.methods.ant_saliency import intersect_masks, plot_mask_history
+from trust.methods.loop import build_method
+from trust.methods.registry import METHODS, method_class
+from trust.methods.ant import saliency as ant_saliency
+from trust.methods.ant.method import draw_timesteps, split_timestep
+from trust.methods.ant.saliency import intersect_masks, plot_mask_history
 from trust.methods.data import ForgetData
-from trust.methods.lora_fusion import (ant_multi_concept, fuse_closed_form, kv_weight_names, token_embeddings,
+from trust.methods.ant_fusion.lora import (ant_multi_concept, fuse_closed_form, kv_weight_names, token_embeddings,
                                        train_concept_lora)
 from trust.utils.seeding import torch_generator
 
 PROMPTS = ["a red circle", "a blue circle", "a circle"]
-BASE_FT = dict(method="ant", batch_size=2, lr=3e-3, ant_ddim_steps=10, ant_split_step=7, ant_seeds=2,
-               ant_max_maps=6, ant_gamma=1e-5)
+BASE_FT = dict(method="ant", batch_size=2, lr=3e-3, ddim_steps=10, split_step=7, seeds=2,
+               max_maps=6, gamma=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +43,12 @@ def _data(parts, prompts=PROMPTS, n=6, seed=0):
 def _method(tiny, **kw):
     parts = copy.copy(tiny)
     parts.unet = copy.deepcopy(tiny.unet)
-    ft = FinetuneParams(**{**BASE_FT, **kw})
-    return parts, build_method("ant", parts, _data(parts), ft, LocalizeParams())
+    ft = FinetuneParams().updated(**{**BASE_FT, **kw})
+    return parts, build_method(parts, _data(parts), ft, LocalizeParams())
 
 
 def test_registered():
-    assert METHODS["ant"].name == "ant"
+    assert method_class("ant").name == "ant" and "ant" in METHODS
 
 
 def test_split_step_index_to_training_timestep():
@@ -56,7 +57,7 @@ def test_split_step_index_to_training_timestep():
     assert split_timestep(s, 43, 50) == 861  # paper nudity: k=43 of 50 in diffusion time -> 20k+1
     assert split_timestep(s, 7, 10) == 701
     assert split_timestep(s, 1, 50) == 21
-    with pytest.raises(ValueError, match="ant_split_step"):
+    with pytest.raises(ValueError, match="split_step"):
         split_timestep(s, 50, 50)
     g = torch_generator(0)
     draws = [draw_timesteps(g, 861, 1000) for _ in range(400)]
@@ -81,7 +82,7 @@ class Spy(torch.nn.Module):
 
 
 def test_each_term_uses_its_timestep_range(tiny):
-    parts, m = _method(tiny, ant_eta=0.7)
+    parts, m = _method(tiny, eta=0.7)
     t_split = split_timestep(parts.scheduler, 7, 10)
     assert m._t_split == t_split == 701
     model, frozen = Spy(parts.unet, m.uncond), Spy(m.frozen, m.uncond)
@@ -210,7 +211,7 @@ def test_fusion_equals_least_squares_solve():
 
 
 def test_fusion_with_summed_edits_equals_least_squares_solve():
-    """ant_fusion_overlap sum: an embedding set whose prompts show concepts 0 and 1 has the target
+    """fusion_overlap sum: an embedding set whose prompts show concepts 0 and 1 has the target
     (W + dW_0 + dW_1) e; the others keep their own edit."""
     g = torch.Generator().manual_seed(1)
     out, D = 5, 6
@@ -234,7 +235,8 @@ def test_fusion_with_summed_edits_equals_least_squares_solve():
 def test_concept_lora_and_fusion_on_tiny_model(tiny):
     parts = copy.copy(tiny)
     parts.unet = copy.deepcopy(tiny.unet)
-    ft = FinetuneParams(**{**BASE_FT, "steps": 3, "lr": 1e-2, "ant_lora_rank": 2})
+    ft = FinetuneParams().updated(method="ant_fusion", batch_size=2, ddim_steps=10, split_step=7, steps=3, lr=1e-2,
+                                  lora_rank=2)
     data = _data(parts)
     names = kv_weight_names(parts.unet)
     delta = train_concept_lora(parts, data, ft)

@@ -9,15 +9,23 @@ import pytest
 import torch
 
 from trust.config import FinetuneParams, Params, PromptsParams
-from trust.methods.ant_multi import (DEFAULT_KEPT, DEFAULT_TARGETS, MultiSettings, build_multi_prompts, compare,
+from bench.lib.ant_multi import (DEFAULT_KEPT, DEFAULT_TARGETS, MultiSettings, build_multi_prompts, compare,
                                      concat_data, markdown, run_strategy)
-from trust.methods.benchmark import ANT_RUNS, BenchSettings, run_bench, select_runs
+from bench.lib.methods import ANT_RUNS, BenchSettings, run_bench, select_runs
 from trust.methods.data import ForgetData
-from trust.methods.lora_fusion import AntFusionMethod, ConceptLora, kv_weight_names, train_concept_lora
+from trust.methods.ant_fusion.lora import ConceptLora, kv_weight_names, train_concept_lora
+from trust.methods.ant_fusion.method import AntFusionMethod
 from trust.concepts import labels_of
 from trust.world.classifier import ConceptClassifier
 
-TINY_FT = dict(batch_size=2, ant_ddim_steps=10, ant_split_step=7, ant_seeds=1, ant_max_maps=3, ant_lora_rank=2)
+# tiny budgets: ANT+fusion's LoRA knobs (what ConceptLora and the multi-concept strategies read), ANT's own
+FUSION_FT = dict(method="ant_fusion", batch_size=2, ddim_steps=10, split_step=7, lora_rank=2)
+TINY_KNOBS = {"ant": dict(ddim_steps=10, split_step=7, seeds=1, max_maps=3),
+              "ant_fusion": dict(ddim_steps=10, split_step=7, lora_rank=2)}
+
+
+def _ft(**kw) -> FinetuneParams:
+    return FinetuneParams().updated(**{**FUSION_FT, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +54,14 @@ def test_ant_rows_are_selectable_and_in_the_default_table():
     assert [r.label for r in select_runs("ANT,ant+fusion")] == ["ANT", "ANT+fusion"]
     assert select_runs(None)[-2:] == ANT_RUNS
     assert [r.method for r in ANT_RUNS] == ["ant", "ant_fusion"]
-    for r in ANT_RUNS:  # overrides validate
-        FinetuneParams(**{"method": r.method, **r.overrides})
+    for r in ANT_RUNS:  # knobs and overrides validate
+        assert r.finetune(FinetuneParams()).method.name == r.method
 
 
 def test_ant_rows_run_two_steps(tiny, classifier, tmp_path):
     params = Params()
-    params = params.model_copy(update={"finetune": params.finetune.model_copy(update=TINY_FT)})
-    runs = [dataclasses.replace(r, overrides={**r.overrides, **{k: v for k, v in TINY_FT.items()
-                                                                if k in ("ant_max_maps",)}}) for r in ANT_RUNS]
+    params = params.model_copy(update={"finetune": params.finetune.updated(batch_size=2)})
+    runs = [dataclasses.replace(r, knobs={**r.knobs, **TINY_KNOBS[r.method]}) for r in ANT_RUNS]
     settings = BenchSettings.quick(steps=2)
     settings.stop_at_bar = False
     before = {k: v.clone() for k, v in tiny.unet.state_dict().items()}
@@ -75,12 +82,12 @@ def test_ant_rows_run_two_steps(tiny, classifier, tmp_path):
     assert json.loads((tmp_path / "methods_ant.json").read_text())["runs"][0]["label"] == "ANT"
 
 
-def test_fusion_method_trains_a_lora_and_writes_only_on_sync(tiny):
+def test_fusion_method_trains_a_lora_and_writes_only_on_finish(tiny):
     from trust.config import LocalizeParams
 
     parts = copy.copy(tiny)
     parts.unet = copy.deepcopy(tiny.unet)
-    ft = FinetuneParams(method="ant", lr=1e-2, **TINY_FT)
+    ft = _ft(lr=1e-2)
     data = _data(parts, ["a red circle", "a circle"])
     keep = _data(parts, ["a blue square", "a green cross"], seed=1)
     m = AntFusionMethod(parts, data, ft, LocalizeParams(), keep=keep)
@@ -89,7 +96,7 @@ def test_fusion_method_trains_a_lora_and_writes_only_on_sync(tiny):
         info = m.step(s)
         assert info["t1"] >= 701 > info["t2"] and "l_keep" not in info
     assert all(torch.equal(v, before[k]) for k, v in parts.unet.state_dict().items())
-    m.sync()
+    m.finish()
     after = parts.unet.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= set(kv_weight_names(parts.unet))
@@ -100,10 +107,10 @@ def test_fusion_method_trains_a_lora_and_writes_only_on_sync(tiny):
 def test_concept_lora_preservation_term_is_optional(tiny):
     data = _data(tiny, ["a red circle"])
     keep = _data(tiny, ["a blue square"], seed=1)
-    off = ConceptLora(tiny.unet, tiny.scheduler, tiny.encode_text, data, FinetuneParams(method="ant", **TINY_FT),
+    off = ConceptLora(tiny.unet, tiny.scheduler, tiny.encode_text, data, _ft(),
                       keep=keep).terms(0)
     on = ConceptLora(tiny.unet, tiny.scheduler, tiny.encode_text, data,
-                     FinetuneParams(method="ant", preserve_weight=2.0, **TINY_FT), keep=keep).terms(0)
+                     _ft(preserve_weight=2.0), keep=keep).terms(0)
     assert "l_keep" not in off and "l_keep" in on
     torch.testing.assert_close(on["loss"], off["loss"] + 2.0 * on["l_keep"])  # same ANT batch either way
 
@@ -123,7 +130,7 @@ def test_multi_prompts_keep_clear_of_every_target():
 
 
 def test_strategies_differ_as_specified(tiny):
-    ft = FinetuneParams(method="ant", lr=1e-2, steps=2, **TINY_FT)
+    ft = _ft(lr=1e-2, steps=2)
     datas = [_data(tiny, ["a red circle"]), _data(tiny, ["a yellow square"], seed=2)]
     names = kv_weight_names(tiny.unet)
     before = {k: v.clone() for k, v in tiny.unet.state_dict().items()}
@@ -155,7 +162,7 @@ def test_strategies_differ_as_specified(tiny):
 
 
 def test_compare_runs_three_strategies_on_a_tiny_case(tiny, classifier):
-    ft = FinetuneParams(method="ant", lr=1e-2, steps=1, **TINY_FT)
+    ft = _ft(lr=1e-2, steps=1)
     res = compare(tiny, classifier, ft, PromptsParams(), settings=MultiSettings(images=1, sample_steps=2, references=2),
                   progress=False, log=lambda *a: None)
     assert set(res["strategies"]) == {"fusion", "sequential", "joint"}
@@ -173,8 +180,8 @@ def test_sweep_helpers(tmp_path):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "bench"))
     from ant_sweep import parse_overrides, plot_tprime
 
-    assert parse_overrides("ant_gamma=1e-7 lr=0.005 ant_scope=attn2 steps=300; builder=ant_fusion") == [
-        {"ant_gamma": 1e-7, "lr": 0.005, "ant_scope": "attn2", "steps": 300}, {"builder": "ant_fusion"}]
+    assert parse_overrides("gamma=1e-7 lr=0.005 scope=attn2 steps=300; builder=ant_fusion") == [
+        {"gamma": 1e-7, "lr": 0.005, "scope": "attn2", "steps": 300}, {"builder": "ant_fusion"}]
     res = {"steps": 2, "base": {"preservation": 1.0},
            "runs": [{"split_step": k, "target_rate": r, "preservation": 1 - r / 2} for k, r in [(30, 0.5), (43, 0.1)]]}
     plot_tprime(res, tmp_path / "t.png")
@@ -182,7 +189,7 @@ def test_sweep_helpers(tmp_path):
 
 
 def test_fusion_positions(tiny):
-    from trust.methods.lora_fusion import token_embeddings
+    from trust.methods.ant_fusion.lora import token_embeddings
 
     L = tiny.tokenizer.model_max_length
     real = token_embeddings(tiny, ["a red circle", "a circle"])
@@ -191,11 +198,11 @@ def test_fusion_positions(tiny):
     torch.testing.assert_close(every[:5], real[:5])  # BOS a red circle EOS: the first prompt's real tokens
     with pytest.raises(ValueError, match="positions"):
         token_embeddings(tiny, ["a circle"], "some")
-    assert FinetuneParams().ant_fusion_positions == "tokens"
+    assert FinetuneParams(method="ant_fusion").method.fusion_positions == "tokens"
 
 
 def test_fusion_variants_share_their_loras(tiny):
-    ft = FinetuneParams(method="ant", lr=1e-2, steps=1, **TINY_FT)
+    ft = _ft(lr=1e-2, steps=1)
     datas = [_data(tiny, ["a red circle"]), _data(tiny, ["a yellow square"], seed=2)]
     cache = {}
     a = run_strategy("fusion:tokens", tiny, datas, None, ["a blue cross"], ft, cache=cache)
@@ -209,17 +216,17 @@ def test_fusion_variants_share_their_loras(tiny):
 
 
 def test_fusion_beta_variant_and_per_concept_settings(tiny):
-    from trust.methods.ant_multi import parse_strategy
+    from bench.lib.ant_multi import parse_strategy
 
-    assert parse_strategy("fusion:all@0.3") == ("fusion", {"ant_fusion_positions": "all", "ant_fusion_beta": 0.3})
+    assert parse_strategy("fusion:all@0.3") == ("fusion", {"fusion_positions": "all", "fusion_beta": 0.3})
     assert parse_strategy("joint") == ("joint", {})
-    assert parse_strategy("fusion+sum") == ("fusion", {"ant_fusion_overlap": "sum"})
+    assert parse_strategy("fusion+sum") == ("fusion", {"fusion_overlap": "sum"})
     for bad in ("joint@0.3", "fusion@x", "nope"):
         with pytest.raises(ValueError, match="strategy"):
             parse_strategy(bad)
-    with pytest.raises(ValueError, match="ant_fusion_positions"):  # validated like params.yaml
+    with pytest.raises(ValueError, match="fusion_positions"):  # validated like params.yaml
         run_strategy("fusion:some", tiny, [], None, [], FinetuneParams())
-    ft = FinetuneParams(method="ant", lr=1e-2, steps=1, **TINY_FT)
+    ft = _ft(lr=1e-2, steps=1)
     datas = [_data(tiny, ["a red circle"]), _data(tiny, ["a yellow square"], seed=2)]
     names = kv_weight_names(tiny.unet)
     cache = {}
@@ -232,13 +239,13 @@ def test_fusion_beta_variant_and_per_concept_settings(tiny):
     both = run_strategy("fusion:tokens+sum", tiny, datas, None, ["a blue cross"], ft, cache=cache,
                         shows=lambda q: {0, 1} if "red circle" in q else set())
     assert not all(torch.equal(one.unet.get_parameter(k), both.unet.get_parameter(k)) for k in names)
-    with pytest.raises(ValueError, match="ant_fusion_overlap"):
+    with pytest.raises(ValueError, match="fusion_overlap"):
         run_strategy("fusion+sum", tiny, datas, None, ["a blue cross"], ft, cache=cache)
     # concept 1's LoRA with its own split step: its delta is what training it alone with that step gives
-    per = [{}, {"ant_split_step": 3}]
+    per = [{}, {"split_step": 3}]
     own = {}
     run_strategy("fusion", tiny, datas, None, ["a blue cross"], ft, cache=own, per_concept=per)
-    alone = train_concept_lora(tiny, datas[1], ft.model_copy(update={"ant_split_step": 3}), 1)
+    alone = train_concept_lora(tiny, datas[1], ft.updated(split_step=3), 1)
     shared = train_concept_lora(tiny, datas[1], ft, 1)
     for k in names:
         torch.testing.assert_close(own["fusion_deltas"][1][k], alone[k])

@@ -15,16 +15,16 @@ def _exp(name, k, target, ts, error=None, method="ant"):
     keep = {"shape:square": {"base": 1.0, "tuned": 0.9}, "shape:cross": {"base": 1.0, "tuned": 1.0}}
     return {"name": name, "revs": [{"rev": f"r{k}{ts}", "name": name, **({"error": error} if error else {}), "data": {
         "timestamp": f"2026-11-25T00:0{ts}:00",
-        "params": {"params.yaml": {"data": {"finetune": {"ant_split_step": k, "method": method, "steps": 150,
+        "params": {"params.yaml": {"data": {"finetune": {"method": {"name": method, "split_step": k}, "steps": 150,
                                                          "lr": 0.005, "preserve_weight": 30}}}},
         "metrics": {"metrics/evaluate.json": {"data": {"target_rate": target, "target_rate_base": 1.0,
                                                          "keep": keep}}}}}]}
 
 
 def test_overrides_replace_by_key_and_reject_bad_items():
-    out = sweep.overrides(["finetune.steps=300", "finetune.ant_eta=2"])
-    assert "finetune.steps=300" in out and "finetune.steps=150" not in out and "finetune.ant_eta=2" in out
-    assert "finetune.method=ant" in out
+    out = sweep.overrides(["finetune.steps=300", "++finetune.method.eta=2"])
+    assert "finetune.steps=300" in out and "finetune.steps=150" not in out and "++finetune.method.eta=2" in out
+    assert "finetune.method={name:ant,scope:attn2,gamma:1e-7}" in out
     try:
         sweep.overrides(["nonsense"])
     except SystemExit as e:

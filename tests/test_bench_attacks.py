@@ -4,10 +4,10 @@ import json
 
 import torch
 
-from trust.attacks.benchmark import (ATTACK_LABELS, AttackBenchSettings, default_runs, quick_params,
+from bench.lib.attacks import (ATTACK_LABELS, AttackBenchSettings, default_runs, quick_params,
                                      run_attack_bench)
 from trust.config import Params
-from trust.methods.benchmark import BenchSettings
+from bench.lib.methods import BenchSettings
 from trust.world.classifier import ConceptClassifier
 
 

@@ -1,11 +1,12 @@
 """Smoke test of the method benchmark on a tiny model built from configs (CI budget < 30 s)."""
 
+import dataclasses
 import json
 
 import torch
 
 from trust.config import Params
-from trust.methods.benchmark import DEFAULT_RUNS, BenchSettings, run_bench, select_runs
+from bench.lib.methods import DEFAULT_RUNS, BenchSettings, run_bench, select_runs
 from trust.world.classifier import ConceptClassifier
 
 
@@ -18,14 +19,16 @@ def test_bench_quick_on_a_tiny_model(world_tokenizer, tmp_path):
     params = Params()
     params = params.model_copy(update={
         "localize": params.localize.model_copy(update={"batch_size": 2}),
-        "finetune": params.finetune.model_copy(update={
-            "batch_size": 2, "esd_ddim_steps": 3, "conceptprune_ddim_steps": 4, "conceptprune_timesteps": 2,
-            "ant_ddim_steps": 10, "ant_split_step": 7, "ant_seeds": 1, "ant_max_maps": 3, "ant_lora_rank": 2}),
+        "finetune": params.finetune.updated(batch_size=2),
     })
+    tiny = {"esd": dict(ddim_steps=3), "conceptprune": dict(ddim_steps=4, timesteps=2),
+            "ant": dict(ddim_steps=10, split_step=7, seeds=1, max_maps=3),
+            "ant_fusion": dict(ddim_steps=10, split_step=7, lora_rank=2)}
+    runs = [dataclasses.replace(r, knobs={**r.knobs, **tiny.get(r.method, {})}) for r in DEFAULT_RUNS]
     settings = BenchSettings.quick(steps=2)
     settings.stop_at_bar = False
     before = {k: v.clone() for k, v in parts.unet.state_dict().items()}
-    result = run_bench(parts, classifier, params, DEFAULT_RUNS, settings, tmp_path, log=lambda *a: None)
+    result = run_bench(parts, classifier, params, runs, settings, tmp_path, log=lambda *a: None)
     assert all(torch.equal(v, before[k]) for k, v in parts.unet.state_dict().items())  # base left unchanged
     labels = [r["label"] for r in result["runs"]]
     assert labels == ["TRUST-CIP", "TRUST-CSR", "TRUST-static", "ESD-x", "ESD-u", "SalUn", "ConceptPrune", "full",

@@ -8,15 +8,19 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from trust.config import FinetuneParams, LocalizeParams
+from pydantic import ValidationError
+
+from trust.config import FinetuneParams, LocalizeParams, Params
 from trust.delta import apply_delta, save_delta
-from trust.methods import METHODS, build_method
-from trust.methods.conceptprune import wanda_select
+from trust.methods.loop import build_method, train
+from trust.methods.registry import METHODS, method_class
+from trust.methods.ant_fusion.config import AntFusionConfig
+from trust.methods.conceptprune.method import wanda_select
 from trust.methods.data import ForgetData
 from trust.methods.losses import csr_penalty
 from trust.methods.saliency import cross_attention_params, expand_mask
-from trust.methods.salun import global_top_mask
-from trust.methods.trust_method import denoise_saliency
+from trust.methods.salun.method import global_top_mask
+from trust.methods.trust.method import denoise_saliency
 
 ROWS = [{"prompt": "a red circle", "anchor": "a plain background"},
         {"prompt": "a blue circle", "anchor": "a striped background"}]
@@ -24,10 +28,10 @@ KEEP = [{"prompt": "a red square", "anchor": None}, {"prompt": "a green cross", 
 CASES = {
     "trust": {"dynamic": False},
     "trust-csr": {"loss": "csr", "reestimate_every": 1},
-    "esd-x": {"method": "esd", "esd_variant": "x", "esd_ddim_steps": 4},
-    "esd-u": {"method": "esd", "esd_variant": "u", "esd_xt": "reference"},
-    "salun": {"method": "salun", "salun_fraction": 0.3},
-    "conceptprune": {"method": "conceptprune", "conceptprune_ddim_steps": 10, "conceptprune_timesteps": 3},
+    "esd-x": {"method": "esd", "variant": "x", "ddim_steps": 4},
+    "esd-u": {"method": "esd", "variant": "u", "xt": "reference"},
+    "salun": {"method": "salun", "fraction": 0.3},
+    "conceptprune": {"method": "conceptprune", "ddim_steps": 10, "timesteps": 3},
     "full": {"method": "full", "preserve_weight": 1.0},
 }
 
@@ -48,16 +52,18 @@ def _method(world, world_data, case: str, **extra):
     parts = _fresh(world)
     data, keep = world_data
     kw = {"batch_size": 4, "lr": 1e-3, **CASES.get(case, {}), **extra}
-    ft = FinetuneParams(**kw)
+    ft = FinetuneParams().updated(**kw)
     loc = LocalizeParams(batch_size=4, xi=1.0)
     mask = denoise_saliency(parts.unet, parts.unet, cross_attention_params(parts.unet, loc.modules), data, parts, loc, 0, 0)
-    return parts, build_method(ft.method, parts, data, ft, loc, mask, keep=keep)
+    return parts, build_method(parts, data, ft, loc, keep=keep, initial_mask=mask)
 
 
 def test_registry_lists_all_methods():
     assert set(METHODS) == {"trust", "esd", "salun", "conceptprune", "full", "ant", "ant_fusion"}
-    with pytest.raises(ValueError, match="unknown finetune.method"):
-        build_method("nope", None, None, None, None)
+    with pytest.raises(ValueError, match="finetune.method.name: unknown method 'nope'"):
+        method_class("nope")
+    with pytest.raises(ValidationError, match="finetune.method(.|\n)*'nope'(.|\n)*'trust', 'esd'"):
+        Params.model_validate({"finetune": {"method": "nope"}})
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -214,37 +220,37 @@ def test_short_erasure_lowers_target_detection(shipped_world, shipped_classifier
 
     parts = _fresh(shipped_world)
     loc = shipped_params.localize
-    ft = shipped_params.finetune.model_copy(update={"steps": 30, "lr": 0.05, "preserve_weight": 0.0, "references": 8})
+    ft = shipped_params.finetune.updated(steps=30, lr=0.05, preserve_weight=0.0, references=8)
     data = ForgetData.build(parts, sets["target"]["train"], ft.references, ft.seed)
     mask = denoise_saliency(parts.unet, parts.unet, cross_attention_params(parts.unet, loc.modules), data, parts, loc,
                             loc.seed, 0, 0)
-    method = build_method("trust", parts, data, ft, loc, mask)
+    method = build_method(parts, data, ft, loc, initial_mask=mask)
     before = rate(parts)
-    for s in range(ft.steps):
-        method.step(s)
+    train(method, ft.steps)
     after = rate(parts)
     assert before >= 0.5 and after <= before - 0.4, (before, after)
 
 
 def test_ant_fusion_refuses_summed_overlap_before_training():
-    with pytest.raises(ValueError, match="ant_fusion_overlap=sum.*use `own`"):
-        FinetuneParams(method="ant_fusion", ant_fusion_overlap="sum")
-    assert FinetuneParams(method="ant", ant_fusion_overlap="sum").ant_fusion_overlap == "sum"  # multi-concept
+    with pytest.raises(ValueError, match="fusion_overlap=sum.*use `own`"):
+        FinetuneParams(method={"name": "ant_fusion", "fusion_overlap": "sum"})
+    # multi-concept fusion (bench/ant_multi.py) builds the method config on its own
+    assert AntFusionConfig(fusion_overlap="sum").fusion_overlap == "sum"
 
 
-def test_ant_fusion_writes_only_on_sync_and_resumes_exactly(shipped_world, world_data):
-    """finetune.method ant_fusion: training touches only the LoRA; sync() (the stage calls it after
+def test_ant_fusion_writes_only_on_finish_and_resumes_exactly(shipped_world, world_data):
+    """finetune.method ant_fusion: training touches only the LoRA; finish() (the loop calls it after
     the last step) writes fused attn2 to_k/to_v weights; a resumed run fuses to the same weights."""
-    from trust.methods.lora_fusion import kv_weight_names
+    from trust.methods.ant_fusion.lora import kv_weight_names
 
-    extra = {"method": "ant_fusion", "lr": 5e-3, "ant_ddim_steps": 10, "ant_split_step": 7, "ant_lora_rank": 2,
-             "ant_fusion_positions": "all"}
+    extra = {"method": "ant_fusion", "lr": 5e-3, "ddim_steps": 10, "split_step": 7, "lora_rank": 2,
+             "fusion_positions": "all"}
     parts_a, a = _method(shipped_world, world_data, "ant_fusion", **extra)
     before = {k: v.clone() for k, v in parts_a.unet.state_dict().items()}
     for s in range(4):
         a.step(s)
     assert all(torch.equal(v, before[k]) for k, v in parts_a.unet.state_dict().items())  # not yet fused
-    a.sync()
+    a.finish()
     after = parts_a.unet.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= set(kv_weight_names(parts_a.unet))
@@ -256,6 +262,6 @@ def test_ant_fusion_writes_only_on_sync_and_resumes_exactly(shipped_world, world
     c.load_state_tensors(state)
     for s in range(2, 4):
         c.step(s)
-    c.sync()
+    c.finish()
     for k, v in parts_c.unet.state_dict().items():
         assert torch.equal(v, after[k]), k

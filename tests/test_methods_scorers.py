@@ -10,7 +10,8 @@ from trust.config import FinetuneParams, LocalizeParams
 from trust.methods.data import ForgetData
 from trust.methods.saliency import cross_attention_params
 from trust.methods.scorers import ClassifierScorer, build_scorer, load_clip
-from trust.methods.trust_method import TrustMethod
+from trust.methods.loop import Resources
+from trust.methods.trust.method import TrustMethod
 
 ROWS = [{"prompt": "a red circle", "anchor": "a plain background"},
         {"prompt": "a blue circle", "anchor": "a striped background"}]
@@ -92,7 +93,8 @@ def test_reestimation_uses_the_configured_scorer(world_parts, shipped_classifier
     scorer = Spy(parts, data, loc, shipped_classifier, {"shape": "circle"})
     params = cross_attention_params(parts.unet, loc.modules)
     mask = scorer.mask(parts.unet, parts.unet, params, 0, 0, 0)
-    method = TrustMethod(parts, data, FinetuneParams(batch_size=2, reestimate_every=1), loc, mask, scorer=scorer)
+    method = TrustMethod(parts, data, FinetuneParams().updated(batch_size=2, reestimate_every=1), loc, mask,
+                         resources=Resources(scorer=scorer))
     method.step(0)
     info = method.step(1)
     assert calls == [(0, 0, 0), (0, 1, 2)]

@@ -5,7 +5,7 @@ import torch
 from trust.config import FinetuneParams, LocalizeParams
 from trust.methods.data import ForgetData
 from trust.methods.saliency import cross_attention_params
-from trust.methods.trust_method import TrustMethod, denoise_saliency
+from trust.methods.trust.method import TrustMethod, denoise_saliency
 
 ROWS = [{"prompt": "a red circle", "anchor": "a plain background"},
         {"prompt": "a blue circle", "anchor": "a striped background"}]
@@ -18,7 +18,7 @@ def _setup(shipped_world, **ft):
     loc = LocalizeParams(batch_size=4, xi=1.0)
     params = cross_attention_params(parts.unet, loc.modules)
     mask = denoise_saliency(parts.unet, parts.unet, params, data, parts, loc, 0, 0)
-    return parts, data, loc, mask, FinetuneParams(batch_size=4, **ft)
+    return parts, data, loc, mask, FinetuneParams().updated(batch_size=4, **ft)
 
 
 def test_mask_selects_only_cross_attention_rows(shipped_world):

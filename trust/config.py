@@ -7,14 +7,14 @@ type or an impossible value is one `ParamsError` naming the key and what is allo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from trust.world.classifier import ClassifierTrainConfig
-from trust.world.fidelity import FidelityConfig
-from trust.world.train import WorldTrainConfig
+from trust.methods.registry import METHODS
+from trust.methods.trust.config import TrustConfig
+from trust.world.config import ClassifierTrainConfig, FidelityConfig, WorldTrainConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -107,27 +107,35 @@ class LocalizeParams(_Strict):
                           "openai/clip-vit-large-patch14 saved with save_pretrained); required by scorer `clip`")
 
 
-class FinetuneParams(_Strict):
-    """How the concept is erased. `method` picks one unlearning method (docs/METHODS.md);
-    fields prefixed by a method's name apply to that method only."""
+def _method_union():
+    configs = tuple(METHODS.get(n) for n in METHODS)
+    return Annotated[Union[configs], Field(discriminator="name")]  # noqa: UP007 (built from the registry)
 
-    method: Literal["trust", "esd", "salun", "conceptprune", "full", "ant", "ant_fusion"] = Field(
-        "trust", description="trust: dynamic-mask selective fine-tuning of cross-attention rows; esd: Erased Stable "
-                             "Diffusion (negative guidance, esd_variant); salun: static saliency mask + retain loss; "
-                             "conceptprune: training-free pruning of ff.net.2 weights (ends after its first step); "
-                             "full: forget loss on every UNet weight; ant: trajectory-aware loss (preserve early, "
-                             "erase mid-to-late steps) under an intersected saliency mask; ant_fusion: one LoRA on "
-                             "attn2 to_k/to_v trained with the ANT loss, fused into the weights in closed form (Eq. 7, "
-                             "ant_fusion_*) at the end; needs concept.preserve")
+
+MethodParams = _method_union()
+
+
+def _moved_keys() -> dict[str, dict[str, str]]:
+    """Old flat finetune key -> {method name: its field now}, from each method config's `moved_from`."""
+    out: dict[str, dict[str, str]] = {}
+    for name in METHODS:
+        for old, new in METHODS.get(name).moved_from.items():
+            out.setdefault(old, {})[name] = new
+    return out
+
+
+class FinetuneParams(_Strict):
+    """How the concept is erased: the knobs every method shares, and `method`, the chosen method
+    with its own knobs (trust/methods/<name>/config.py; docs/methods.md). `method: trust` is short
+    for `method: {name: trust}` (every knob at its default)."""
+
+    method: MethodParams = Field(
+        default_factory=TrustConfig,
+        description="the unlearning method and its own knobs, chosen by `name`: " + ", ".join(METHODS.names()))
     seed: int = 0
     steps: int = Field(60, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(8, ge=1)
-    loss: Literal["cip", "csr"] = Field("cip", description="trust: CIP (hard, L1 on masked weights) or CSR (soft, "
-                                                           "Hessian-based sensitivity penalty)")
-    beta: float = Field(1e-4, ge=0, description="trust: weight of the CIP/CSR term")
-    reestimate_every: int = Field(5, ge=1, description="trust: k, re-estimate the mask every k steps")
-    dynamic: bool = Field(True, description="trust: false keeps the initial mask (static, SalUn-like)")
     references: int = Field(16, ge=1, description="target images generated once by the frozen model")
     preserve_references: int | None = Field(
         None, ge=1, description="preservation images generated once by the frozen model (preservation term, SalUn's "
@@ -137,89 +145,58 @@ class FinetuneParams(_Strict):
     preserve_weight: float = Field(
         0.0, ge=0, description="weight of the optional preservation term on the preservation prompts (0 = off, "
                                "as in the paper); it keeps their noise predictions at the frozen model's "
-                               "(trust, esd, full; salun has its own retain_weight)")
+                               "(trust, esd, full, ant, ant_fusion; salun has its own retain_weight)")
     checkpoint_every: int = Field(20, ge=1)
-    forget_target: Literal["anchor", "negative_guidance"] = Field(
-        "anchor", description="trust, salun, full: L_prev maps the target onto eps*(anchor) (`anchor`) or onto "
-                              "ESD's negative-guidance target eps*(empty) - eta (eps*(c) - eps*(empty))")
-    esd_variant: Literal["x", "u"] = Field(
-        "x", description="esd: `x` trains every attn2 (cross-attention) parameter, `u` every UNet parameter "
-                         "except attn2")
-    eta: float = Field(1.0, ge=0, description="negative-guidance strength (esd; forget_target=negative_guidance)")
-    esd_xt: Literal["ddim", "reference"] = Field(
-        "ddim", description="esd: x_t from the frozen model sampling the target prompt to a random DDIM step "
-                            "(`ddim`, as ESD) or a noised reference image (`reference`, as SalUn)")
-    esd_ddim_steps: int = Field(20, ge=2, description="esd: DDIM schedule length for esd_xt=ddim")
-    esd_guidance: float = Field(3.0, ge=1.0, description="esd: guidance of the frozen model's x_t sample")
-    salun_fraction: float = Field(
-        0.5, gt=0, le=1, description="salun: share of UNet weights kept in the static mask (global top |grad| of "
-                                     "the forget loss accumulated over the forget prompts)")
-    retain_weight: float = Field(
-        1.0, ge=0, description="salun: alpha, weight of the retain loss (diffusion loss on preservation-prompt "
-                               "images made by the frozen model); 0 = off")
-    conceptprune_fraction: float = Field(
-        0.02, gt=0, le=1, description="conceptprune: share of each ff.net.2 row's weights pruned per timestep "
-                                      "(top Wanda scores among those where target > base); paper range 0.01-0.03")
-    conceptprune_timesteps: int = Field(10, ge=1, description="conceptprune: union over the first N DDIM timesteps")
-    conceptprune_ddim_steps: int = Field(50, ge=1, description="conceptprune: DDIM schedule the timesteps come from")
-    conceptprune_guidance: float = Field(4.0, ge=1.0, description="conceptprune: guidance of the sampled trajectory")
-    # ANT (Set You Straight). Defaults: the paper's nudity setting (SD v1.4: 50 DDIM steps, t'=43,
-    # lambda=(1.0, 0.5, 0.5)); t'/N is what carries over to another schedule length. The learning
-    # rate and step count are the shared `lr` / `steps` (paper: lr 5e-4 on SD).
-    ant_split_step: int = Field(
-        43, ge=1, description="ant: t', the split step, as an index k of an ant_ddim_steps-step DDIM schedule "
-                              "counted in diffusion time (k=0 the least noisy DDIM timestep, k=N-1 the noisiest). "
-                              "It becomes the training timestep t'_train = the k-th smallest DDIM timestep "
-                              "(leading spacing, 1000 train steps, N=50: k*20+1, so 43 -> 861). "
-                              "L_preserve and L_uncond-early use t1 ~ U{t'_train..T_train-1} (early = high noise), "
-                              "L_erase and L_uncond-late t2 ~ U{0..t'_train-1}")
-    ant_ddim_steps: int = Field(50, ge=2, description="ant: N, the DDIM schedule length ant_split_step indexes")
-    ant_l1: float = Field(1.0, ge=0, description="ant: lambda1, weight of L_erase (paper nudity 1.0; celebrity/"
-                                                 "style 0.4)")
-    ant_l2: float = Field(0.5, ge=0, description="ant: lambda2, weight of L_uncond-early (paper 0.5)")
-    ant_l3: float = Field(0.5, ge=0, description="ant: lambda3, weight of L_uncond-late (paper nudity 0.5; "
-                                                 "celebrity/style 0.2)")
-    ant_eta: float = Field(1.0, ge=0, description="ant: eta, guidance scale of delta(c) = eps*(x_t,t,c) - "
-                                                  "eps*(x_t,t,empty) in the preserve (+eta) and erase (-eta) targets")
-    ant_scope: Literal["unet", "attn2", "non_attn2"] = Field(
-        "unet", description="ant: UNet weights the saliency mask is computed over (and training may touch)")
-    ant_gamma: float = Field(
-        1e-5, ge=0, description="ant: gamma, a weight is salient in one map when |grad L| >= gamma (absolute; "
-                                "the scale depends on the model: check mask_history; on the world 1e-5 leaves "
-                                "~2% of the UNet after 52 maps, 1e-4 only ~900 weights)")
-    ant_seeds: int = Field(4, ge=1, description="ant: N_s, seeds per concept prompt in the saliency maps")
-    ant_max_maps: int = Field(
-        100, ge=1, description="ant: at most this many maps (prompts x seeds) are intersected (paper: the active "
-                               "count levels off after ~100)")
-    ant_saliency_batch: int = Field(1, ge=1, description="ant: reference images per saliency map (of that prompt)")
-    ant_lora_rank: int = Field(4, ge=1, description="ant multi-concept: rank of each concept's LoRA on attn2 "
-                                                    "to_k/to_v")
-    ant_lora_alpha: float = Field(4.0, gt=0, description="ant multi-concept: LoRA alpha (scaling alpha/rank)")
-    ant_fusion_beta: float = Field(1.0, ge=0, description="ant multi-concept: beta, weight of the preservation "
-                                                          "embeddings in the closed-form fusion (Eq. 7)")
-    ant_fusion_ridge: float = Field(
-        1e-6, ge=0, description="ant multi-concept: tiny ridge lam*||W* - W||^2 added to Eq. 7 for a well-posed "
-                                "solve; lam = ant_fusion_ridge * mean diagonal of the normal matrix")
-    ant_fusion_positions: Literal["tokens", "all"] = Field(
-        "tokens", description="ant multi-concept: text-encoder positions whose states are the e_j / e_k of Eq. 7: "
-                              "`tokens` the prompt's real tokens (BOS..EOS), `all` every position the UNet's "
-                              "cross-attention reads, padding included (it carries the prompt too)")
-    ant_fusion_overlap: Literal["own", "sum"] = Field(
-        "own", description="ant multi-concept: the Eq. 7 target for a concept prompt that shows other erased "
-                           "concepts too ('a yellow circle' when erasing circle and yellow): `own` W + Delta W_i "
-                           "of its own concept only (the paper's form), `sum` W + the sum of Delta W of every "
-                           "erased concept it shows (otherwise the circle LoRA's prompts pull the 'yellow' edit back)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand_and_moved(cls, data):
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("method"), str):
+            data["method"] = {"name": data["method"]}
+        moved = _moved_keys()
+        old = [k for k in data if k not in cls.model_fields and k in moved]
+        if old:
+            chosen = data.get("method", {}).get("name", "trust") if isinstance(data.get("method"), dict) else "trust"
+            lines = []
+            for k in old:
+                owners = moved[k]
+                if chosen in owners:
+                    lines.append(f"finetune.{k} moved to finetune.method.{owners[chosen]} (method {chosen})")
+                else:
+                    lines.append(f"finetune.{k} moved into the method's section: "
+                                 + ", ".join(f"finetune.method.{v} (method {m})" for m, v in owners.items())
+                                 + f"; method {chosen} has no such knob")
+            raise ValueError("; ".join(lines) + ". Write e.g. finetune: {method: {name: " + chosen + ", ...}}")
+        return data
 
     @model_validator(mode="after")
-    def _timesteps_fit(self) -> "FinetuneParams":
-        if self.conceptprune_timesteps > self.conceptprune_ddim_steps:
-            raise ValueError(f"finetune.conceptprune_timesteps ({self.conceptprune_timesteps}) must be <= "
-                             f"conceptprune_ddim_steps ({self.conceptprune_ddim_steps})")
-        if self.method == "ant_fusion" and self.ant_fusion_overlap == "sum":
+    def _pipeline_fusion(self) -> "FinetuneParams":
+        if self.method.name == "ant_fusion" and self.method.fusion_overlap == "sum":
             # checked here, not at fusion time, so a pipeline run fails before any training
-            raise ValueError("finetune.ant_fusion_overlap=sum applies to multi-concept fusion "
-                             "(bench/ant_multi.py); finetune.method ant_fusion erases one concept: use `own`")
+            raise ValueError("finetune.method.fusion_overlap=sum applies to multi-concept fusion "
+                             "(bench/ant_multi.py); the pipeline's ant_fusion erases one concept: use `own`")
         return self
+
+    def updated(self, **changes) -> "FinetuneParams":
+        """A validated copy with `changes`; `method` may be a name, a config, or a dict of the method's
+        own knobs (merged into the current method's when the name is unchanged or absent); any other
+        key that finetune does not have is a knob of the (resulting) method."""
+        raw = self.model_dump(mode="json")
+        method = changes.pop("method", None)
+        if isinstance(method, str):
+            method = {"name": method}
+        elif isinstance(method, BaseModel):
+            method = method.model_dump(mode="json")
+        if method is not None:
+            same = method.get("name", raw["method"]["name"]) == raw["method"]["name"]
+            raw["method"] = {**raw["method"], **method} if same else dict(method)
+        # a key finetune does not have is one of the method's own knobs
+        for k in [k for k in changes if k not in type(self).model_fields]:
+            raw["method"][k] = changes.pop(k)
+        return type(self).model_validate({**raw, **changes})
 
 
 class UnlearnDiffAtkParams(_Strict):
@@ -369,6 +346,15 @@ class Params(_Strict):
     reerase: ReeraseParams = ReeraseParams()
 
     @model_validator(mode="after")
+    def _resolve_paths(self, info: ValidationInfo) -> "Params":
+        # Paths are resolved once, here: every relative path in params.yaml is relative to the project
+        # root (`load_params(root=...)`, default the working folder); stages read them as they are.
+        root = (info.context or {}).get("root")
+        if root is not None:
+            _absolute(self, Path(root))
+        return self
+
+    @model_validator(mode="after")
     def _base_model_exists(self) -> "Params":
         # The world stage creates world.model_dir, so only other folders must exist up front.
         if self.model.base != self.world.model_dir and not self.model.base.exists():
@@ -394,6 +380,16 @@ class Params(_Strict):
         return self.model.base == self.world.model_dir
 
 
+def _absolute(model: BaseModel, root: Path) -> None:
+    """Every relative Path field of `model` and its sections made absolute against `root`, in place."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _absolute(value, root)
+        elif isinstance(value, Path) and not value.is_absolute():
+            object.__setattr__(model, name, (root / value).resolve())
+
+
 def _format(err: ValidationError, path: Path) -> str:
     lines = [f"{path}: {err.error_count()} invalid parameter(s); nothing was run"]
     for e in err.errors():
@@ -402,11 +398,15 @@ def _format(err: ValidationError, path: Path) -> str:
             lines.append(f"  {key}: unknown key; remove it or fix its spelling (see trust/config.py for allowed keys)")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
+            got = e.get("input")
+            # a whole section as the input says nothing the message does not: leave it out
+            lines.append(f"  {key}: {msg}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return "\n".join(lines)
 
 
-def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+def load_params(path: Path | str = DEFAULT_PARAMS, root: Path | str | None = None) -> Params:
+    """Validate `path`; relative paths in it are resolved against `root` (default: the working folder,
+    the project root the CLI runs in) once, here."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found; run from the project root or pass --params")
@@ -417,6 +417,6 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(raw, context={"root": Path(root) if root is not None else Path.cwd()})
     except ValidationError as e:
         raise ParamsError(_format(e, path)) from None

@@ -1,10 +1,6 @@
-"""Unlearning methods behind one interface (`Method`, base.py) and their registry.
+"""Unlearning methods: one package per method (`trust/methods/<name>/`: config.py with its knobs,
+method.py with its `Method`), registered in registry.py; one training loop for all (loop.py).
 
-trust (trust_method.py), esd, salun, conceptprune, full; concept scorers for TRUST's
-saliency in scorers.py; losses, saliency masks and training data shared by all.
+Shared: the `Method` interface (base.py), losses, saliency masks, training data, TRUST's concept
+scorers. This package's own import is torch-free (the config schema reads the registry).
 """
-
-from trust.methods.base import Method
-from trust.methods.registry import METHODS, build_method, method_class
-
-__all__ = ["METHODS", "Method", "build_method", "method_class"]

@@ -1,7 +1,10 @@
-"""The one interface every unlearning method implements (see docs/METHODS.md).
+"""The one interface every unlearning method implements (see docs/methods.md).
 
-A method is set up from the model parts, the prompt data and the parameters; then
-`step(step)` does one optimisation step and returns the numbers to log. Every parameter
+A method is set up from the model parts, the prompt data and the parameters (its own knobs are
+`self.cfg`, i.e. `ft.method`) and builds its own initial state in `setup` (TRUST its mask,
+through its scorer; SalUn its saliency mask); then `step(step)` does one optimisation step and
+returns the numbers to log; `materialise()` writes what training holds elsewhere (ANT+fusion's
+LoRA) into `parts.unet`, and `finish()` ends training. The loop that drives them is loop.py. Every parameter
 outside `self.params` has requires_grad=False (no backward work, no optimizer state);
 `self.mask` (name -> 0/1 tensor, per row or per element) restricts updates further.
 `state_tensors` / `load_state_tensors` give a flat, safetensors-friendly state for resume;
@@ -14,11 +17,16 @@ import copy
 
 import torch
 
+from typing import TYPE_CHECKING
+
 from trust.config import FinetuneParams, LocalizeParams
 from trust.methods.data import ForgetData
 from trust.methods.losses import forget_loss, negative_guidance_target
 from trust.methods.saliency import expand_mask, mask_size
 from trust.models.parts import DiffusionParts
+
+if TYPE_CHECKING:
+    from trust.methods.loop import Resources
 
 
 class Method:
@@ -28,8 +36,10 @@ class Method:
 
     def __init__(self, parts: DiffusionParts, data: ForgetData, ft: FinetuneParams, loc: LocalizeParams,
                  initial_mask: dict[str, torch.Tensor] | None = None, keep: ForgetData | None = None,
-                 scorer=None):
-        self.parts, self.data, self.ft, self.loc, self.keep, self.scorer = parts, data, ft, loc, keep, scorer
+                 resources: "Resources | None" = None):
+        self.parts, self.data, self.ft, self.loc, self.keep = parts, data, ft, loc, keep
+        self.cfg = ft.method  # this method's own knobs (trust/methods/<name>/config.py)
+        self.resources = resources
         if self.needs_keep(ft) and keep is None:
             raise ValueError(f"finetune.method={self.name}: {self.keep_reason()} needs preservation prompts "
                              "(concept.preserve)")
@@ -62,6 +72,14 @@ class Method:
     def step(self, step: int) -> dict:
         raise NotImplementedError
 
+    def materialise(self) -> None:
+        """Make `parts.unet` hold the weights training has reached (idempotent; most methods train
+        `parts.unet` itself, so nothing to do). Called before any mid-training check."""
+
+    def finish(self) -> None:
+        """After the last step: the UNet's weights are final."""
+        self.materialise()
+
     # -- shared pieces ---------------------------------------------------------------
     def trainable_parameters(self) -> int:
         """Entries of the tensors that have requires_grad=True (what backward and Adam pay for)."""
@@ -73,7 +91,7 @@ class Method:
     def forget_target(self, x_t, t, c_target, c_anchor) -> torch.Tensor:
         """sg[eps*(x_t,t,c_anchor)] or ESD's negative-guidance target (finetune.forget_target)."""
         with torch.no_grad():
-            if self.ft.forget_target == "anchor":
+            if self.cfg.forget_target == "anchor":
                 return self.frozen(x_t, t, encoder_hidden_states=c_anchor).sample
             return self.negative_guidance(x_t, t, c_target)
 
@@ -82,7 +100,7 @@ class Method:
             both = self.frozen(torch.cat([x_t, x_t]), torch.cat([t, t]),
                                encoder_hidden_states=torch.cat([self.uncond.expand_as(c_target), c_target])).sample
             e_u, e_c = both.chunk(2)
-            return negative_guidance_target(e_u, e_c, self.ft.eta)
+            return negative_guidance_target(e_u, e_c, self.cfg.eta)
 
     def preserve_loss(self, step: int) -> torch.Tensor:
         """Optional preservation term: preservation prompts keep the frozen model's noise prediction."""

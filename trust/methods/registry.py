@@ -1,32 +1,36 @@
-"""The method registry: `finetune.method` -> class. Every class implements `Method` (base.py)."""
+"""The method registry: `finetune.method.name` -> the method's config class (torch-free).
+
+One line per method. The config class names its `Method` implementation, imported only when a
+method is built, so `trust.config` can build the `finetune.method` union from here without torch.
+"""
 
 from __future__ import annotations
 
-from trust.methods.ant import AntMethod
-from trust.methods.base import Method
-from trust.methods.conceptprune import ConceptPruneMethod
-from trust.methods.esd import EsdMethod
-from trust.methods.full import FullMethod
-from trust.methods.lora_fusion import AntFusionMethod
-from trust.methods.salun import SalunMethod
-from trust.methods.trust_method import TrustMethod
+from typing import TYPE_CHECKING
 
-METHODS: dict[str, type[Method]] = {
-    "trust": TrustMethod,
-    "esd": EsdMethod,
-    "salun": SalunMethod,
-    "conceptprune": ConceptPruneMethod,
-    "full": FullMethod,
-    "ant": AntMethod,
-    "ant_fusion": AntFusionMethod,
-}
+from trust.utils.registry import Registry
+
+if TYPE_CHECKING:
+    from trust.methods.base import Method
+    from trust.methods.config import MethodConfig
+
+METHODS: Registry[type["MethodConfig"]] = Registry("method", "finetune.method.name")
+METHODS.add("trust", "trust.methods.trust.config:TrustConfig")
+METHODS.add("esd", "trust.methods.esd.config:EsdConfig")
+METHODS.add("salun", "trust.methods.salun.config:SalunConfig")
+METHODS.add("conceptprune", "trust.methods.conceptprune.config:ConceptPruneConfig")
+METHODS.add("full", "trust.methods.full.config:FullConfig")
+METHODS.add("ant", "trust.methods.ant.config:AntConfig")
+METHODS.add("ant_fusion", "trust.methods.ant_fusion.config:AntFusionConfig")
 
 
-def method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise ValueError(f"unknown finetune.method {name!r}; methods: {', '.join(METHODS)}")
-    return METHODS[name]
+def method_config(name: str) -> type["MethodConfig"]:
+    return METHODS.get(name)
 
 
-def build_method(name: str, parts, data, ft, loc, initial_mask=None, keep=None, scorer=None) -> Method:
-    return method_class(name)(parts, data, ft, loc, initial_mask, keep=keep, scorer=scorer)
+def method_class(name: str) -> type["Method"]:
+    """The `Method` subclass of `name` (imports torch)."""
+    import importlib
+
+    module, attr = method_config(name).implementation.split(":")
+    return getattr(importlib.import_module(module), attr)

@@ -38,6 +38,7 @@ from trust.config import Params
 from trust.delta import apply_delta
 from trust.detectors import DetectorError, WorldDetector, build_detector
 from trust.generation import GenerationSettings, ModelSource, generate_images
+from trust.metrics.detection import detected
 from trust.metrics import FidelityError, InceptionFeatures, frechet_distance, mean_drop, preservation, world_frechet
 from trust.metrics.frechet import INCEPTION_HELP
 from trust.models import KIND_WORLD, detect_kind, load_model
@@ -50,11 +51,6 @@ from trust.utils.safetensors_io import write_json
 from trust.utils.seeding import numpy_rng
 from trust.world.classifier import ConceptClassifier
 from trust.world.scenes import random_scene, render, to_model_range
-
-
-def detected(labels: dict[str, list[str]], want: dict[str, str]) -> list[bool]:
-    n = len(next(iter(labels.values())))
-    return [all(labels[h][i] == v for h, v in want.items()) for i in range(n)]
 
 
 def keep_name(want: dict[str, str]) -> str:

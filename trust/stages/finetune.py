@@ -17,13 +17,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 from rich.console import Console
-from tqdm.auto import tqdm
 
 from trust.config import Params
 from trust.delta import save_delta
 from trust.methods.data import ForgetData
 from trust.methods.data import preserve_data as build_preserve_data
-from trust.methods.registry import method_class
+from trust.methods.loop import Resources, build_method, train
 from trust.models import load_model
 from trust.stages import localize, paths, prompts
 from trust.tracking import stage_run
@@ -74,6 +73,16 @@ def preserve_data(parts, rows: list[dict], ft) -> ForgetData:
     return build_preserve_data(parts, rows, ft, warn=lambda m: console.print(f"[yellow]{m}"))
 
 
+def resources(params: Params) -> Resources:
+    """What the configured TRUST scorer may need: the world classifier for `localize.scorer: classifier`."""
+    classifier = None
+    if params.localize.scorer == "classifier":
+        from trust.world.classifier import ConceptClassifier
+
+        classifier = ConceptClassifier.load(params.world.classifier_dir)
+    return Resources(classifier=classifier, detect=params.concept.detect)
+
+
 def run(params: Params, root: Path, progress: bool = True) -> dict:
     ft = params.finetune
     torch.manual_seed(ft.seed)
@@ -81,15 +90,11 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
     fingerprint = parts.fingerprint()
     base_state = {k: v.clone() for k, v in parts.unet.state_dict().items()}
     sets = prompts.load(root)
-    # Only TRUST starts from the localize stage's mask; the other methods make their own.
-    mask = localize.load_mask(root) if ft.method == "trust" else {}
+    # A method that localises (TRUST) starts from the localize stage's mask; the others build their own.
+    mask = localize.load_mask(root) if ft.method.starts_from_localize else {}
     data = ForgetData.build(parts, sets["target"]["train"], ft.references, ft.seed)
-    cls = method_class(ft.method)
-    keep = None
-    if cls.needs_keep(ft):
-        keep = preserve_data(parts, sets["preserve"]["train"], ft)
-    scorer = localize.make_scorer(params, root, parts, data) if ft.method == "trust" else None
-    method = cls(parts, data, ft, params.localize, mask or None, keep=keep, scorer=scorer)
+    method = build_method(parts, data, ft, params.localize, keep=lambda: preserve_data(parts, sets["preserve"]["train"], ft),
+                          initial_mask=mask or None, resources=resources(params))
 
     ckpt_dir = root / paths.FINETUNE_CHECKPOINTS
     digest = _digest(params, fingerprint, sets, mask)
@@ -102,30 +107,27 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
             start, history = meta["step"], meta["history"]
             console.print(f"[cyan]resuming fine-tuning from step {start}")
 
+    def checkpoint(done: int, hist: list[dict]) -> None:
+        save_tensors(method.state_tensors(), ckpt_dir / "state.safetensors")
+        write_json({"step": done, "history": hist, "digest": digest}, meta_path)
+
     t0 = time.perf_counter()
-    for step in tqdm(range(start, ft.steps), initial=start, total=ft.steps, desc=f"finetune ({ft.method})",
-                     disable=not progress):
-        info = method.step(step)
-        history.append({"step": step + 1, **info})
-        if method.finished:  # training-free methods (conceptprune) are done after one step
-            break
-        if (step + 1) % ft.checkpoint_every == 0 and step + 1 < ft.steps:
-            save_tensors(method.state_tensors(), ckpt_dir / "state.safetensors")
-            write_json({"step": step + 1, "history": history, "digest": digest}, meta_path)
-    if hasattr(method, "sync"):  # ant_fusion: the LoRA is fused into the UNet weights once, at the end
-        method.sync()
+    result = train(method, ft.steps, start=start, history=history, checkpoint=checkpoint,
+                   checkpoint_every=ft.checkpoint_every, progress=progress)
+    history = result.history
     seconds = time.perf_counter() - t0
 
     section = {"finetune": ft.model_dump(mode="json"), "localize": params.localize.model_dump(mode="json")}
     with stage_run("finetune", section, root, base_fingerprint=fingerprint) as run_:
         with staged_dir(root / paths.FINETUNE_DIR) as out:
+            name = ft.method.name
             summary = save_delta(base_state, parts.unet.state_dict(), out / "delta.safetensors",
-                                 {"base_fingerprint": fingerprint, "method": ft.method, "concept": params.concept.name})
-            detail = f"{ft.loss}, beta={ft.beta}" if ft.method == "trust" else ft.method
-            curves_plot(history, out / "curves.png", f"{ft.method} on '{params.concept.name}' ({detail})")
+                                 {"base_fingerprint": fingerprint, "method": name, "concept": params.concept.name})
+            knobs = ", ".join(f"{k}={v}" for k, v in ft.method.model_dump().items() if k != "name")[:90]
+            curves_plot(history, out / "curves.png", f"{name} on '{params.concept.name}' ({knobs})")
         reest = [h["reestimate_s"] for h in history if "reestimate_s" in h]
         metrics = {
-            "method": ft.method, "steps": len(history), "resumed_from": start,
+            "method": ft.method.name, "steps": len(history), "resumed_from": start,
             "trainable_parameters": method.trainable_parameters(),
             "final_l_prev": history[-1].get("l_prev"), "final_mask_size": history[-1].get("mask_size"),
             "delta_tensors": summary["tensors"], "delta_parameters": summary["parameters"],

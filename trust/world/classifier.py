@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -21,6 +20,7 @@ from trust.utils.safetensors_io import load_tensors, save_tensors, write_json
 from trust.utils.seeding import numpy_rng, torch_generator
 from trust.world.scenes import Scene, random_scene, render, to_model_range
 from trust.world.vocabulary import BACKGROUNDS, COLOURS, NONE, SHAPES
+from trust.world.config import ClassifierTrainConfig  # noqa: F401 (its home; re-exported)
 
 HEADS: dict[str, tuple[str, ...]] = {
     "shape": SHAPES + (NONE,),
@@ -29,20 +29,6 @@ HEADS: dict[str, tuple[str, ...]] = {
 }
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-class ClassifierTrainConfig(BaseModel):
-    """How the world's concept classifier is trained (params.yaml `world.classifier`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    seed: int = 0
-    steps: int = Field(800, ge=1)
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(2e-3, gt=0)
-    image_size: int = Field(16, ge=8)
-    width: int = Field(32, ge=4)
-    p_noise: float = Field(0.1, ge=0, le=1, description="share of pure-noise images (label none everywhere)")
-    p_empty: float = Field(0.1, ge=0, le=1, description="share of empty backgrounds (shape/colour none)")
 
 
 class ConceptClassifier(nn.Module):

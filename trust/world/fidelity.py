@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from trust.models.parts import DiffusionParts
 from trust.sampling import generate
@@ -20,19 +19,7 @@ from trust.utils.images import labelled_grid
 from trust.world.captions import canonical_prompt, fill
 from trust.world.classifier import ConceptClassifier
 from trust.world.vocabulary import BACKGROUND_WORDS, BACKGROUNDS, COLOUR_WORDS, COLOURS, SHAPE_WORDS, SHAPES
-
-
-class FidelityConfig(BaseModel):
-    """How the world's fidelity is measured (params.yaml `world.eval`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    seed: int = Field(1234, description="base of the per-image sampling seeds")
-    samples_per_prompt: int = Field(8, ge=1)
-    steps: int = Field(20, ge=1, description="DDIM sampling steps")
-    guidance: float = Field(4.0, ge=1.0, description="classifier-free guidance scale")
-    batch_size: int = Field(64, ge=1)
-    bar_canonical: float = Field(0.9, ge=0, le=1, description="every shape and colour must reach this")
-    bar_synonym: float = Field(0.8, ge=0, le=1, description="synonym prompts (pooled) must reach this")
+from trust.world.config import FidelityConfig  # noqa: F401 (its home; re-exported)
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,11 @@ weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from tqdm.auto import tqdm
 
@@ -28,31 +26,9 @@ from trust.world.architecture import build_world_model
 from trust.world.captions import all_words
 from trust.world.data import scene_batch
 from trust.world.tokenizer import build_tokenizer
+from trust.world.config import WorldTrainConfig  # noqa: F401 (its home; re-exported)
 
 console = Console(stderr=True)
-
-
-class WorldTrainConfig(BaseModel):
-    """How the built-in world's diffusion model is trained (params.yaml `world.train`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    seed: int = Field(0, description="seed for data, noise, timesteps and initialisation")
-    steps: int = Field(1800, ge=1, description="optimizer steps")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(200, ge=0)
-    ema_decay: float = Field(0.995, ge=0, lt=1)
-    min_snr_gamma: float = Field(5.0, gt=0, description="min-SNR loss weighting")
-    cfg_dropout: float = Field(0.1, ge=0, lt=1, description="share of empty captions (classifier-free guidance)")
-    image_size: int = Field(16, ge=8, description="pixels per side")
-    unet_channels: tuple[int, ...] = Field((32, 64, 64), min_length=2)
-    text_dim: int = Field(64, ge=8)
-    text_layers: int = Field(2, ge=1)
-    text_heads: int = Field(4, ge=1)
-    checkpoint_every: int = Field(200, ge=1)
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
 def _lr_factor(step: int, warmup: int) -> float:

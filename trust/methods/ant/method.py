@@ -9,8 +9,8 @@ Loss (paper Eq. 3), with delta(c) = eps*(x_t,t,c) - eps*(x_t,t,empty) from the f
     L_uncond-late  = || eps(x_t2,t2,empty) - sg[eps*(x_t2,t2,empty)] ||^2
     L = L_preserve + l1 L_erase + l2 L_uncond-early + l3 L_uncond-late
 
-Timestep convention (one, used everywhere): t' = `ant_split_step` is an index k of an
-`ant_ddim_steps`-step DDIM schedule counted in *diffusion time* (k = 0 the least noisy DDIM
+Timestep convention (one, used everywhere): t' = `split_step` is an index k of an
+`ddim_steps`-step DDIM schedule counted in *diffusion time* (k = 0 the least noisy DDIM
 timestep, N-1 the noisiest), as in the paper (t ~ U(t', T), T = 50 on SD v1.4, t' = 43 for
 nudity: the first 7 of 50 sampling steps are preserved, the other 43 are steered).
 `split_timestep` turns it into a training timestep t'_train = the k-th smallest timestep of the
@@ -19,7 +19,7 @@ model's DDIM schedule (diffusers' own `set_timesteps`; leading spacing, 1000 ste
 (early = high noise) and one t2 from {0 .. t'_train-1}; each is shared by the whole batch.
 x_t: the reference latents of ForgetData noised to t1 and to t2 (independent noises).
 
-Updates are restricted to the intersected saliency mask (ant_saliency.py); weights outside it
+Updates are restricted to the intersected saliency mask (saliency.py); weights outside it
 stay bit-identical (masked gradients, Adam state starts at zero). The mask is static.
 """
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from trust.methods.ant_saliency import ant_scope_params, intersected_saliency_mask, plot_mask_history
+from trust.methods.ant.saliency import ant_scope_params, intersected_saliency_mask, plot_mask_history
 from trust.methods.base import Method
 from trust.utils.seeding import torch_generator
 
@@ -37,7 +37,7 @@ __all__ = ["AntMethod", "ant_loss", "split_timestep", "draw_timesteps", "plot_ma
 def split_timestep(scheduler, split_step: int, ddim_steps: int) -> int:
     """t'_train: the `split_step`-th smallest timestep of a `ddim_steps`-step DDIM schedule."""
     if not 1 <= split_step < ddim_steps:
-        raise ValueError(f"finetune.ant_split_step ({split_step}) must be in [1, ant_ddim_steps-1={ddim_steps - 1}]")
+        raise ValueError(f"finetune.method.split_step ({split_step}) must be in [1, ddim_steps-1={ddim_steps - 1}]")
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler.from_config(scheduler.config)
@@ -90,11 +90,11 @@ class AntMethod(Method):
         return ft.preserve_weight > 0
 
     def select_parameters(self):
-        return ant_scope_params(self.parts.unet, self.ft.ant_scope)
+        return ant_scope_params(self.parts.unet, self.cfg.scope)
 
     @property
     def t_split(self) -> int:
-        return split_timestep(self.parts.scheduler, self.ft.ant_split_step, self.ft.ant_ddim_steps)
+        return split_timestep(self.parts.scheduler, self.cfg.split_step, self.cfg.ddim_steps)
 
     def setup(self, initial_mask):
         # ANT makes its own mask; an initial (localize-stage) mask is not used.
@@ -114,9 +114,9 @@ class AntMethod(Method):
         return x0, noise1, noise2, t1, t2, self.data.target_emb[idx]
 
     def terms(self, x0, noise1, noise2, t1, t2, c) -> dict[str, torch.Tensor]:
-        ft = self.ft
+        cfg = self.cfg
         return ant_loss(self.parts.unet, self.frozen, self.parts.scheduler, x0, noise1, noise2, t1, t2, c,
-                        self.uncond, ft.ant_eta, ft.ant_l1, ft.ant_l2, ft.ant_l3)
+                        self.uncond, cfg.eta, cfg.l1, cfg.l2, cfg.l3)
 
     def step(self, step: int) -> dict:
         info: dict = {}

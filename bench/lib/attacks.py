@@ -12,7 +12,7 @@ One process, one concept (params.yaml's), one seed. Rows:
 - TRUST-CIP (params.yaml's finetune section, as shipped), ESD-x, ESD-u (both trained until
   the method benchmark's bar, same check, at most `bar_max_steps`), SalUn (a fixed budget:
   it does not reach the bar in the method benchmark).
-Method settings (lr, preservation) are those of `trust.methods.benchmark.METHOD_RUNS`, the
+Method settings (lr, preservation) are those of `bench.lib.methods.METHOD_RUNS`, the
 training data (references) and the bar check are the method benchmark's.
 
 For every row: held-out target detection rate and kept-concept rate (no attack, the method
@@ -39,12 +39,11 @@ from trust.attacks import AttackTarget, build_attack, load_prompt_set
 from trust.config import Params
 from trust.detectors import WorldDetector
 from trust.metrics.asr import asr_summary
-from trust.methods.benchmark import METHOD_RUNS
-from trust.methods.benchmark import BenchSettings, detection_rate
+from bench.lib.methods import METHOD_RUNS, BenchSettings
+from bench.lib.samples import FixedSamples
 from trust.methods.data import ForgetData, preserve_data
-from trust.methods.registry import method_class
-from trust.methods.saliency import cross_attention_params
-from trust.methods.scorers import build_scorer
+from trust.methods.loop import STOP, Resources, build_method, train
+from trust.metrics.detection import detection_rate
 
 ATTACK_LABELS = {"unlearndiffatk": "UnlearnDiffAtk", "p4d": "P4D", "ringabell": "Ring-A-Bell"}
 # The issue's bar on the weak erasure: these attacks must each add >= GAIN_BAR to pre-ASR.
@@ -57,25 +56,27 @@ BASE_PRE_ASR_BAR = 0.9
 class AttackRun:
     label: str
     method: str | None  # None: the base (unerased) model
-    overrides: dict = field(default_factory=dict)
+    knobs: dict = field(default_factory=dict)  # the method's own (finetune.method.*)
+    overrides: dict = field(default_factory=dict)  # shared finetune fields
     steps: int | None = None  # None: finetune.steps (with to_bar: the cap)
     to_bar: bool = False  # stop at the method benchmark's bar
     weak: bool = False  # the weak erasure: steps chosen by the sweep
 
 
-def _method_overrides(label: str) -> dict:
-    return dict(next(r for r in METHOD_RUNS if r.label == label).overrides)
+def _method_settings(label: str) -> dict:
+    r = next(r for r in METHOD_RUNS if r.label == label)
+    return {"knobs": dict(r.knobs), "overrides": dict(r.overrides)}
 
 
 def default_runs(weak_candidates: tuple[int, ...] = (5, 10, 15, 20), bar_max_steps: int = 600,
                  salun_steps: int = 600, trust_steps: int | None = None) -> list[AttackRun]:
     return [
         AttackRun("base", None),
-        AttackRun("ESD-x (weak)", "esd", _method_overrides("ESD-x"), steps=max(weak_candidates), weak=True),
-        AttackRun("TRUST-CIP", "trust", _method_overrides("TRUST-CIP"), steps=trust_steps),
-        AttackRun("ESD-x", "esd", _method_overrides("ESD-x"), steps=bar_max_steps, to_bar=True),
-        AttackRun("ESD-u", "esd", _method_overrides("ESD-u"), steps=bar_max_steps, to_bar=True),
-        AttackRun("SalUn", "salun", _method_overrides("SalUn"), steps=salun_steps),
+        AttackRun("ESD-x (weak)", "esd", **_method_settings("ESD-x"), steps=max(weak_candidates), weak=True),
+        AttackRun("TRUST-CIP", "trust", **_method_settings("TRUST-CIP"), steps=trust_steps),
+        AttackRun("ESD-x", "esd", **_method_settings("ESD-x"), steps=bar_max_steps, to_bar=True),
+        AttackRun("ESD-u", "esd", **_method_settings("ESD-u"), steps=bar_max_steps, to_bar=True),
+        AttackRun("SalUn", "salun", **_method_settings("SalUn"), steps=salun_steps),
     ]
 
 
@@ -105,60 +106,36 @@ def quick_params(params: Params, prompt_set: Path | None = None) -> Params:
     return params.model_copy(update={
         "evaluate": ev.model_copy(update={"steps": 4, "attacks": at}),
         "localize": params.localize.model_copy(update={"batch_size": 2}),
-        "finetune": params.finetune.model_copy(update={"batch_size": 2, "esd_ddim_steps": 3}),
+        "finetune": params.finetune.model_copy(update={"batch_size": 2}),
     })
-
-
-class _Samples:
-    """The method benchmark's fixed-seed samples: bar check, held-out erasure, kept concepts."""
-
-    def __init__(self, params: Params, sets: dict, s: BenchSettings):
-        held = [r["prompt"] for r in sets["target"]["eval"]]
-        cyc = lambda items, n: [items[i % len(items)] for i in range(n)]  # noqa: E731
-        self.check = (cyc(held, s.check_images), [s.seed * 7919 + 11 + i for i in range(s.check_images)])
-        self.eval = (cyc(held, s.eval_images), [s.seed * 7919 + 100_000 + i for i in range(s.eval_images)])
-        self.keep = []
-        for want in params.concept.keep:
-            shows = [r["prompt"] for r in sets["preserve"]["eval"]
-                     if all(r["labels"].get(h) == v for h, v in want.items())]
-            if shows:
-                self.keep.append((want, cyc(shows, s.keep_images),
-                                  [s.seed * 7919 + 200_000 + i for i in range(s.keep_images)]))
 
 
 def _rate(parts, classifier, sample, want, s: BenchSettings) -> float:
     return detection_rate(parts, classifier, sample[0], sample[1], want, s.sample_steps, s.guidance)
 
 
-def train(parts, classifier, params: Params, run: AttackRun, data: ForgetData, keep_data: ForgetData,
-          samples: _Samples, s: BenchSettings, snapshot_at: tuple[int, ...] = (), progress: bool = True) -> dict:
+def train_run(parts, classifier, params: Params, run: AttackRun, data: ForgetData, keep_data: ForgetData,
+              samples: FixedSamples, s: BenchSettings, snapshot_at: tuple[int, ...] = (),
+              progress: bool = True) -> dict:
     """Train `run` on a copy of `parts` (left unchanged), as the method benchmark sets each method up.
 
     Returns {"parts", "steps_run", "steps_to_bar", "setup_s", "train_s", "checks", "snapshots"}: with
     `to_bar`, training stops at the first check at or under the bar (checked every s.check_every steps,
     check time not counted); `snapshots` holds the UNet state at each step in `snapshot_at`."""
     steps = run.steps or params.finetune.steps
-    ft = params.finetune.model_copy(update={"method": run.method, "steps": steps,
-                                            "references": s.references or params.finetune.references,
-                                            **run.overrides})
-    ft = type(ft).model_validate(ft.model_dump())
-    loc = params.localize
+    ft = params.finetune.updated(method={"name": run.method, **run.knobs}, steps=steps,
+                                 references=s.references or params.finetune.references, **run.overrides)
     p = copy.copy(parts)
     p.unet = copy.deepcopy(parts.unet)
-    cls = method_class(run.method)
     t0 = time.perf_counter()
-    scorer = mask = None
-    if run.method == "trust":  # as the method benchmark: TRUST's initial localisation is part of set-up
-        scorer = build_scorer(loc, p, data, classifier=classifier, detect=params.concept.detect)
-        mask = scorer.mask(p.unet, p.unet, cross_attention_params(p.unet, loc.modules), loc.seed, 0, 0)
-    method = cls(p, data, ft, loc, mask, keep=keep_data if cls.needs_keep(ft) else None, scorer=scorer)
+    # as the method benchmark: TRUST's initial localisation is part of set-up
+    method = build_method(p, data, ft, params.localize, keep=keep_data,
+                          resources=Resources(classifier=classifier, detect=params.concept.detect))
     setup_s = time.perf_counter() - t0
-    train_s, done, steps_to_bar, checks, snapshots = 0.0, 0, None, [], {}
-    for step in tqdm(range(ft.steps), desc=f"train {run.label}", disable=not progress, leave=False):
-        t1 = time.perf_counter()
-        method.step(step)
-        train_s += time.perf_counter() - t1
-        done = step + 1
+    steps_to_bar, checks, snapshots = None, [], {}
+
+    def check(done: int, _so_far) -> bool | None:
+        nonlocal steps_to_bar
         if done in snapshot_at:
             snapshots[done] = {k: v.detach().clone() for k, v in p.unet.state_dict().items()}
         if run.to_bar and (done % s.check_every == 0 or done == ft.steps):
@@ -166,13 +143,14 @@ def train(parts, classifier, params: Params, run: AttackRun, data: ForgetData, k
             checks.append({"step": done, "rate": rate})
             if rate <= s.bar:
                 steps_to_bar = done
-                break
-        if method.finished:
-            break
+                return STOP
+        return None
+
+    result = train(method, ft.steps, check=check, check_every=1, progress=progress, desc=f"train {run.label}")
     del method
     p.unet.requires_grad_(False).eval()
-    return {"parts": p, "steps_run": done, "steps_to_bar": steps_to_bar, "setup_s": setup_s, "train_s": train_s,
-            "lr": ft.lr, "checks": checks, "snapshots": snapshots}
+    return {"parts": p, "steps_run": result.steps_run, "steps_to_bar": steps_to_bar, "setup_s": setup_s,
+            "train_s": result.train_s, "lr": ft.lr, "checks": checks, "snapshots": snapshots}
 
 
 def _prompt_set_pre_asr(params: Params, root: Path, erased, original, detector) -> tuple[float, list[bool]]:
@@ -236,7 +214,7 @@ def run_attack_bench(parts, classifier, params: Params, root: Path, runs: list[A
     concept = params.concept
     detector = WorldDetector(classifier, concept.detect)
     sets = build_prompt_sets(concept, params.prompts)
-    samples = _Samples(params, sets, s)
+    samples = FixedSamples(params.concept, sets, s)
     references = s.references or params.finetune.references
     t0 = time.perf_counter()
     data = ForgetData.build(parts, sets["target"]["train"], references, params.finetune.seed)
@@ -245,13 +223,13 @@ def run_attack_bench(parts, classifier, params: Params, root: Path, runs: list[A
     rows, sweep, t_all = [], [], time.perf_counter()
     for run in tqdm(runs, desc="attack bench", disable=not progress):
         t_row = time.perf_counter()
-        row = {"label": run.label, "method": run.method, "settings": dict(run.overrides), "weak": run.weak}
+        row = {"label": run.label, "method": run.method, "settings": {**run.knobs, **run.overrides}, "weak": run.weak}
         if run.method is None:
             erased = parts
             row.update(steps_run=0, steps_to_bar=None, setup_s=0.0, train_s=0.0, lr=None)
         else:
             candidates = tuple(c for c in st.weak_candidates if c <= (run.steps or 0)) if run.weak else ()
-            tr = train(parts, classifier, params, run, data, keep_data, samples, s, candidates, progress)
+            tr = train_run(parts, classifier, params, run, data, keep_data, samples, s, candidates, progress)
             erased = tr["parts"]
             if run.weak:  # pick the snapshot: the first candidate that hides the concept on most prompts
                 chosen = None
@@ -438,7 +416,7 @@ def run_from_params(params_path: Path, out: Path, root: Path, quick: bool = Fals
                     weak_candidates: tuple[int, ...] | None = None, weak_max_pre_asr: float | None = None,
                     salun_steps: int = 600, bar_max_steps: int = 600, log=print) -> dict:
     """Load params.yaml, the base model and the world classifier, then `run_attack_bench`."""
-    from trust.methods.benchmark import load_world
+    from bench.lib.methods import load_world
 
     params, parts, classifier = load_world(params_path, root, "the attack benchmark")
     st = AttackBenchSettings(max_prompts=max_prompts)
@@ -448,6 +426,9 @@ def run_from_params(params_path: Path, out: Path, root: Path, quick: bool = Fals
         st.max_prompts = max_prompts or 1
         st.weak_candidates = weak_candidates or (1, 2)
         runs = default_runs(st.weak_candidates, bar_max_steps=4, salun_steps=2, trust_steps=4)
+        for r in runs:  # ESD's own DDIM trajectory, shortened as the rest of the quick budgets
+            if r.method == "esd":
+                r.knobs["ddim_steps"] = 3
     else:
         st.weak_candidates = weak_candidates or st.weak_candidates
         runs = default_runs(st.weak_candidates, bar_max_steps=bar_max_steps, salun_steps=salun_steps)

@@ -1,12 +1,12 @@
 """Erasing several world concepts at once with ANT: closed-form fusion vs sequential vs joint.
 
-Every strategy trains LoRAs on the cross-attention to_k/to_v (trust.methods.lora_fusion.ConceptLora,
+Every strategy trains LoRAs on the cross-attention to_k/to_v (trust.methods.ant_fusion.lora.ConceptLora,
 the ANT loss of Eq. 3, same timestep convention and hyper-parameters); only how the concepts are
 combined differs:
 
 - `fusion` (paper Eq. 7, MACE-style): one LoRA per concept, each trained from the original
   weights, fused in closed form with the preservation prompts' embeddings (fuse_closed_form);
-  `fusion:tokens` / `fusion:all` pick ant_fusion_positions (e_j, e_k at the prompts' real tokens,
+  `fusion:tokens` / `fusion:all` pick fusion_positions (e_j, e_k at the prompts' real tokens,
   or at every position the cross-attention reads) and reuse the same LoRAs;
 - `sequential`: LoRA 1 trained against the original and merged (W + Delta W_1), LoRA 2 trained
   against that model and merged, then LoRA 3: each concept is erased from the previous result;
@@ -20,7 +20,7 @@ prompts (trust.concepts.build_prompt_sets). Preservation prompts are the world's
 the targets (by trust.concepts.labels_of; a triangle without a background is left out when a
 target is "triangle on a striped background"), split train/held-out by seed. Kept concepts are
 measured on the held-out preservation prompts that show them, targets on their held-out target
-prompts, with the world classifier (trust.methods.benchmark.detection_rate), base vs each strategy
+prompts, with the world classifier (bench.lib.methods.detection_rate), base vs each strategy
 on the same seeds.
 """
 
@@ -35,8 +35,9 @@ import torch
 
 from trust.concepts import build_prompt_sets, expand, labels_of, paraphrase
 from trust.config import ConceptParams, FinetuneParams, PromptsParams
+from trust.methods.ant_fusion.config import AntFusionConfig
 from trust.methods.data import ForgetData
-from trust.methods.lora_fusion import fuse_deltas, kv_weight_names, train_concept_lora, write_weights
+from trust.methods.ant_fusion.lora import fuse_deltas, kv_weight_names, train_concept_lora, write_weights
 
 STRATEGIES = ("fusion", "sequential", "joint")
 
@@ -146,7 +147,7 @@ class MultiSettings:
 
 def measure(parts, classifier, prompts: MultiPrompts, s: MultiSettings) -> dict:
     """Detection rates of every target and every kept concept on fixed held-out prompts and seeds."""
-    from trust.methods.benchmark import detection_rate
+    from bench.lib.methods import detection_rate
 
     out = {"targets": {}, "kept": {}}
     for i, (name, t) in enumerate(prompts.targets.items()):
@@ -169,26 +170,33 @@ def _merge(unet, delta: dict[str, torch.Tensor]) -> None:
 
 
 def _with(ft: FinetuneParams, update: dict) -> FinetuneParams:
-    if not update:
-        return ft
-    out = ft.model_copy(update=update)
-    return type(out).model_validate(out.model_dump())  # validate the overrides
+    """`ft` with `update` (shared finetune fields, and ANT+fusion knobs with or without their old
+    `ant_` prefix), validated; the method is always ant_fusion (its LoRA settings are the knobs).
+    Multi-concept fusion may use fusion_overlap `sum`, which the one-concept pipeline refuses, so
+    the method is validated on its own and set after the shared fields are."""
+    update = {k.removeprefix("ant_"): v for k, v in update.items()}
+    shared = {k: v for k, v in update.items() if k in FinetuneParams.model_fields}
+    knobs = {k: v for k, v in update.items() if k not in FinetuneParams.model_fields}
+    own = ft.method.model_dump() if ft.method.name == "ant_fusion" else {}
+    method = AntFusionConfig.model_validate({**own, **knobs, "name": "ant_fusion"})
+    checked = FinetuneParams.model_validate({**ft.model_dump(), **shared, "method": {"name": "ant_fusion"}})
+    return checked.model_copy(update={"method": method})
 
 
 def parse_strategy(strategy: str) -> tuple[str, dict]:
-    """'fusion:all@0.3+sum' -> ('fusion', {ant_fusion_positions: all, ant_fusion_beta: 0.3,
-    ant_fusion_overlap: sum}); 'joint' -> ('joint', {})."""
+    """'fusion:all@0.3+sum' -> ('fusion', {fusion_positions: all, fusion_beta: 0.3,
+    fusion_overlap: sum}); 'joint' -> ('joint', {})."""
     strategy_, _, overlap = strategy.partition("+")
     head, _, beta = strategy_.partition("@")
     kind, _, positions = head.partition(":")
     update = {}
     if positions:
-        update["ant_fusion_positions"] = positions
+        update["fusion_positions"] = positions
     if overlap:
-        update["ant_fusion_overlap"] = overlap
+        update["fusion_overlap"] = overlap
     if beta:
         try:
-            update["ant_fusion_beta"] = float(beta)
+            update["fusion_beta"] = float(beta)
         except ValueError:
             raise ValueError(f"strategy {strategy!r}: the part after '@' is the fusion beta, a number") from None
     if kind not in STRATEGIES or (update and kind != "fusion"):
@@ -202,10 +210,10 @@ def run_strategy(strategy: str, parts, datas: list[ForgetData], keep: ForgetData
                  per_concept: list[dict] | None = None, shows=None):
     """A copy of `parts` with the concepts of `datas` erased by `strategy` (parts is left unchanged).
 
-    `fusion:tokens` / `fusion:all` fuse with that ant_fusion_positions (plain `fusion`: ft's), and
-    `fusion[:positions]@BETA` with that ant_fusion_beta. Pass the same `cache` dict to reuse the
+    `fusion:tokens` / `fusion:all` fuse with that fusion_positions (plain `fusion`: ft's), and
+    `fusion[:positions]@BETA` with that fusion_beta. Pass the same `cache` dict to reuse the
     per-concept LoRAs between fusion variants. `per_concept[i]`: finetune fields for concept i's LoRA.
-    `shows(prompt)`: indices of the concepts a prompt shows (fusion with `+sum`, ant_fusion_overlap)."""
+    `shows(prompt)`: indices of the concepts a prompt shows (fusion with `+sum`, fusion_overlap)."""
     kind, update = parse_strategy(strategy)
     per = per_concept or [{} for _ in datas]
     p = copy.copy(parts)
@@ -279,15 +287,16 @@ def compare(parts, classifier, ft: FinetuneParams, prompts_cfg: PromptsParams, t
 
 def markdown(res: dict, bar: float = 0.10) -> str:
     ft, s = res["finetune"], res["settings"]
+    m = ft["method"]
     tnames, knames = list(res["targets"]), list(res["kept"])
     lines = [
         "# ANT: three world concepts erased at once (fusion vs sequential vs joint)",
         "",
-        f"Targets: {', '.join(repr(t) for t in tnames)}. LoRA rank {ft['ant_lora_rank']} on attn2 to_k/to_v, ANT loss "
-        f"(t'={ft['ant_split_step']}/{ft['ant_ddim_steps']}, eta {ft['ant_eta']}, lambda=({ft['ant_l1']}, {ft['ant_l2']}, "
-        f"{ft['ant_l3']})), lr {ft['lr']:g}, {ft['steps']} steps per concept (joint: {ft['steps'] * len(tnames)}), "
-        f"batch {ft['batch_size']}, preserve_weight {ft['preserve_weight']:g}, fusion beta {ft['ant_fusion_beta']:g}, "
-        f"fusion positions `{ft.get('ant_fusion_positions', 'tokens')}` (`fusion:all` / `fusion:tokens`: that variant, "
+        f"Targets: {', '.join(repr(t) for t in tnames)}. LoRA rank {m['lora_rank']} on attn2 to_k/to_v, ANT loss "
+        f"(t'={m['split_step']}/{m['ddim_steps']}, eta {m['eta']}, lambda=({m['l1']}, {m['l2']}, "
+        f"{m['l3']})), lr {ft['lr']:g}, {ft['steps']} steps per concept (joint: {ft['steps'] * len(tnames)}), "
+        f"batch {ft['batch_size']}, preserve_weight {ft['preserve_weight']:g}, fusion beta {m['fusion_beta']:g}, "
+        f"fusion positions `{m.get('fusion_positions', 'tokens')}` (`fusion:all` / `fusion:tokens`: that variant, "
         f"same LoRAs; `@B`: fusion beta B; `+sum`: a target prompt showing several targets gets the sum of their "
         f"edits). "
         + "".join(f"Concept {t!r} LoRA with {v['finetune']}. " for t, v in res["targets"].items() if v.get("finetune"))

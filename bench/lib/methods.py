@@ -12,8 +12,9 @@ ConceptPrune, full fine-tuning in METHOD_RUNS; ANT and ANT+fusion in ANT_RUNS) i
 - trainable parameters (entries with requires_grad) and weights actually changed;
 - erasure (target detection rate) and preservation (mean detection rate of kept concepts) on
   a larger held-out sample at the end; ratios against SalUn; TRUST's mask re-estimation share.
-A method with a `sync()` (ANT+fusion: fuse the LoRA into the UNet in closed form) is synced before
-each check; the latest sync's time counts once in time to bar and total (`sync_s`).
+Every row trains through the one training loop (trust/methods/loop.py): the weights are
+materialised before each check (ANT+fusion fuses its LoRA into the UNet in closed form); the
+latest materialisation's time counts once in time to bar and total (`sync_s`).
 Writes methods.json, methods.md and methods.png (or NAME.*) into `out`.
 """
 
@@ -21,27 +22,34 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from trust.config import Params
+from bench.lib.samples import FixedSamples
+from trust.config import FinetuneParams, Params
 from trust.methods.data import ForgetData, preserve_data
-from trust.methods.registry import method_class
-from trust.methods.saliency import cross_attention_params
-from trust.methods.scorers import build_scorer
-from trust.sampling import generate
+from trust.methods.loop import STOP, Resources, build_method, train
+from trust.metrics.detection import detection_rate
+from trust.utils.memory import PeakMemory
 
 
 @dataclass
 class Run:
     label: str
-    method: str  # finetune.method (registry name); the overrides are validated with it
-    overrides: dict = field(default_factory=dict)
+    method: str  # finetune.method.name (registry name)
+    knobs: dict = field(default_factory=dict)  # the method's own (finetune.method.*)
+    overrides: dict = field(default_factory=dict)  # shared finetune fields (lr, preserve_weight, ...)
+
+    def finetune(self, base: FinetuneParams, **more) -> FinetuneParams:
+        """`base` with this row's method, knobs and overrides (validated); the knobs merge into
+        base's own method section when it is the same method (params.yaml's TRUST settings)."""
+        return base.updated(method={"name": self.method, **self.knobs}, **{**self.overrides, **more})
+
+    def settings(self) -> dict:
+        return {**self.knobs, **self.overrides}
 
 
 # Baseline settings for the 16px world (their papers' lr are for SD v1.4 and ~1000 steps);
@@ -50,11 +58,11 @@ METHOD_RUNS = [
     Run("TRUST-CIP", "trust", {"loss": "cip"}),
     Run("TRUST-CSR", "trust", {"loss": "csr"}),
     Run("TRUST-static", "trust", {"loss": "cip", "dynamic": False}),
-    Run("ESD-x", "esd", {"esd_variant": "x", "lr": 1e-3, "preserve_weight": 0.0}),
-    Run("ESD-u", "esd", {"esd_variant": "u", "lr": 5e-4, "preserve_weight": 0.0}),
-    Run("SalUn", "salun", {"lr": 5e-4, "preserve_weight": 0.0}),
-    Run("ConceptPrune", "conceptprune", {"preserve_weight": 0.0}),
-    Run("full", "full", {"lr": 5e-4, "preserve_weight": 0.0}),
+    Run("ESD-x", "esd", {"variant": "x"}, {"lr": 1e-3, "preserve_weight": 0.0}),
+    Run("ESD-u", "esd", {"variant": "u"}, {"lr": 5e-4, "preserve_weight": 0.0}),
+    Run("SalUn", "salun", {}, {"lr": 5e-4, "preserve_weight": 0.0}),
+    Run("ConceptPrune", "conceptprune", {}, {"preserve_weight": 0.0}),
+    Run("full", "full", {}, {"lr": 5e-4, "preserve_weight": 0.0}),
 ]
 
 # ANT rows (issue 6): ANT with its intersected saliency mask (over attn2: on the world the UNet-wide
@@ -62,8 +70,8 @@ METHOD_RUNS = [
 # concept's LoRA on attn2 to_k/to_v trained with the ANT loss, fused in closed form, Eq. 7).
 # Settings tuned on the world (bench/results/ant_tuning.md).
 ANT_RUNS = [
-    Run("ANT", "ant", {"ant_scope": "attn2", "ant_gamma": 1e-7, "lr": 5e-3, "preserve_weight": 30.0}),
-    Run("ANT+fusion", "ant_fusion", {"lr": 5e-3, "preserve_weight": 0.0}),
+    Run("ANT", "ant", {"scope": "attn2", "gamma": 1e-7}, {"lr": 5e-3, "preserve_weight": 30.0}),
+    Run("ANT+fusion", "ant_fusion", {}, {"lr": 5e-3, "preserve_weight": 0.0}),
 ]
 # `trust bench` / bench/methods.py without --runs: every row of the README table, in one run.
 DEFAULT_RUNS = METHOD_RUNS + ANT_RUNS
@@ -89,87 +97,9 @@ class BenchSettings:
                    references=4)
 
 
-def _libc():
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-class PeakMemory:
-    """Peak memory above the level at start: CUDA allocator on GPU, sampled RSS on CPU.
-
-    On CPU (glibc), large blocks are forced to mmap (returned to the OS when freed) and the
-    heap is trimmed at the start, so memory freed by an earlier run does not hide a later
-    run's allocations.
-    """
-
-    _mallopt_done = False
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        if not self.cuda:
-            import gc
-
-            gc.collect()
-            libc = _libc()
-            if libc is not None:
-                if not PeakMemory._mallopt_done:
-                    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, no dynamic growth
-                    PeakMemory._mallopt_done = True
-                libc.malloc_trim(0)
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-            return self
-        self.start = self.peak = self.rss()
-        self.stop = threading.Event()
-
-        def sample():
-            while not self.stop.wait(0.005):
-                self.peak = max(self.peak, self.rss())
-
-        self.thread = threading.Thread(target=sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.bytes = torch.cuda.max_memory_allocated() - self.start
-        else:
-            self.stop.set()
-            self.thread.join()
-            self.bytes = max(self.peak, self.rss()) - self.start
-        self.kind = "cuda max_memory_allocated" if self.cuda else "RSS (sampled 5 ms)"
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def detection_rate(parts, classifier, prompts: list[str], seeds: list[int], want: dict[str, str], steps: int,
-                   guidance: float) -> float:
-    from trust.stages.evaluate import detected
-
-    images = generate(parts, prompts, seeds, steps=steps, guidance=guidance)
-    hits = detected(classifier.predict(images.to(next(classifier.parameters()).device)), want)
-    return sum(hits) / len(hits)
-
-
-def _cycle(items: list[str], n: int) -> list[str]:
-    return [items[i % len(items)] for i in range(n)]
 
 
 def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
@@ -183,22 +113,12 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
     device = parts.unet.device
     concept = params.concept
     sets = build_prompt_sets(concept, params.prompts)
-    held_target = [r["prompt"] for r in sets["target"]["eval"]]
-    check_prompts = _cycle(held_target, s.check_images)
-    check_seeds = [s.seed * 7919 + 11 + i for i in range(s.check_images)]
-    eval_prompts = _cycle(held_target, s.eval_images)
-    eval_seeds = [s.seed * 7919 + 100_000 + i for i in range(s.eval_images)]
-    keep_sets = []
-    for want in concept.keep:
-        shows = [r["prompt"] for r in sets["preserve"]["eval"] if all(r["labels"].get(h) == v for h, v in want.items())]
-        if shows:
-            keep_sets.append((want, _cycle(shows, s.keep_images),
-                              [s.seed * 7919 + 200_000 + i for i in range(s.keep_images)]))
+    samples = FixedSamples(concept, sets, s)
 
     def measure(p) -> tuple[float, float, dict]:
-        erasure = detection_rate(p, classifier, eval_prompts, eval_seeds, concept.detect, s.sample_steps, s.guidance)
+        erasure = detection_rate(p, classifier, *samples.eval, concept.detect, s.sample_steps, s.guidance)
         keep = {"/".join(f"{h}:{v}" for h, v in w.items()): detection_rate(p, classifier, pr, sd, w, s.sample_steps,
-                                                                           s.guidance) for w, pr, sd in keep_sets}
+                                                                           s.guidance) for w, pr, sd in samples.keep}
         return erasure, (sum(keep.values()) / len(keep) if keep else float("nan")), keep
 
     base_state = {k: v.detach().clone() for k, v in parts.unet.state_dict().items()}
@@ -212,56 +132,40 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
 
     rows = []
     for run in runs:
-        ft = params.finetune.model_copy(update={"method": run.method, "steps": s.steps, "references": references,
-                                                **run.overrides})
-        ft = type(ft).model_validate(ft.model_dump())  # validate the overrides
-        loc = params.localize
+        ft = run.finetune(params.finetune, steps=s.steps, references=references)
         p = copy.copy(parts)
         p.unet = copy.deepcopy(parts.unet)
-        cls = method_class(run.method)
         steps_to_bar = time_to_bar = None
-        checks, step_s, reest_s, history = [], 0.0, 0.0, []
-        sync_s = 0.0  # a method with sync() (ANT+fusion) materialises its weights before each check: the
-        # latest sync's time counts once in time to bar and total (a real run fuses once, at the end)
+        checks: list[dict] = []
         with PeakMemory(device) as mem:
             _sync(device)
             t_setup = time.perf_counter()
-            scorer = mask = None
-            if run.method == "trust":  # the localize stage's work counts for TRUST
-                scorer = build_scorer(loc, p, data, classifier=classifier, detect=concept.detect)
-                mask = scorer.mask(p.unet, p.unet, cross_attention_params(p.unet, loc.modules), loc.seed, 0, 0)
-            method = cls(p, data, ft, loc, mask, keep=keep_data if cls.needs_keep(ft) else None, scorer=scorer)
+            # set-up counts: TRUST's initial localisation (the localize stage's work), SalUn's mask, ...
+            method = build_method(p, data, ft, params.localize, keep=keep_data,
+                                  resources=Resources(classifier=classifier, detect=concept.detect))
             _sync(device)
             setup_s = time.perf_counter() - t_setup
-            done = 0
-            for step in range(ft.steps):
-                t1 = time.perf_counter()
-                info = method.step(step)
-                _sync(device)
-                step_s += time.perf_counter() - t1
-                reest_s += info.get("reestimate_s", 0.0)
-                history.append(info)
-                done = step + 1
-                if done % s.check_every == 0 or method.finished or done == ft.steps:
-                    if hasattr(method, "sync"):
-                        t1 = time.perf_counter()
-                        method.sync()
-                        _sync(device)
-                        sync_s = time.perf_counter() - t1
-                    rate = detection_rate(p, classifier, check_prompts, check_seeds, concept.detect,
-                                          s.sample_steps, s.guidance)
-                    checks.append({"step": done, "rate": rate, "seconds": setup_s + step_s + sync_s})
-                    if steps_to_bar is None and rate <= s.bar:
-                        steps_to_bar, time_to_bar = done, setup_s + step_s + sync_s
-                        if s.stop_at_bar:
-                            break
-                if method.finished:
-                    break
+
+            def check(done: int, so_far) -> bool:
+                nonlocal steps_to_bar, time_to_bar
+                # the latest materialisation (ANT+fusion's fusion) counts once in time to bar and total
+                spent = setup_s + so_far.train_s + so_far.materialise_s
+                rate = detection_rate(p, classifier, samples.check[0], samples.check[1], concept.detect,
+                                      s.sample_steps, s.guidance)
+                checks.append({"step": done, "rate": rate, "seconds": spent})
+                if steps_to_bar is None and rate <= s.bar:
+                    steps_to_bar, time_to_bar = done, spent
+                    return STOP if s.stop_at_bar else None
+                return None
+
+            result = train(method, ft.steps, check=check, check_every=s.check_every)
+        step_s, sync_s, done = result.train_s, result.materialise_s, result.steps_run
+        reest_s = sum(h.get("reestimate_s", 0.0) for h in result.history)
         erasure, preservation, keep = measure(p)
         tuned = p.unet.state_dict()
         changed = int(sum(int((tuned[k] != v).sum()) for k, v in base_state.items()))
         row = {
-            "label": run.label, "method": run.method, "settings": {k: v for k, v in run.overrides.items()},
+            "label": run.label, "method": run.method, "settings": run.settings(),
             "lr": ft.lr, "steps_run": done, "steps_to_bar": steps_to_bar, "time_to_bar_s": time_to_bar,
             "setup_s": setup_s, "train_s": step_s, "total_s": setup_s + step_s + sync_s, "sync_s": sync_s,
             "s_per_step": step_s / max(done, 1), "peak_memory_bytes": mem.bytes,
@@ -386,14 +290,13 @@ def load_world(params_path: Path, root: Path, what: str):
     """(params, base model, world classifier) for a benchmark whose detector is the world's classifier."""
     from trust.config import load_params
     from trust.models import load_model
-    from trust.stages.paths import base_model
     from trust.world.classifier import ConceptClassifier
 
-    params = load_params(params_path)
+    params = load_params(params_path, root=root)  # paths resolved against the project root
     if not params.uses_world:
         raise ValueError(f"{what} needs the world (model.base = world.model_dir): its classifier is the detector")
-    parts = load_model(base_model(params.model.base, root), device=params.model.device)
-    classifier = ConceptClassifier.load(base_model(params.world.classifier_dir, root)).to(parts.unet.device)
+    parts = load_model(params.model.base, device=params.model.device)
+    classifier = ConceptClassifier.load(params.world.classifier_dir).to(parts.unet.device)
     return params, parts, classifier
 
 

@@ -36,10 +36,10 @@ class SalunMethod(Method):
 
     @classmethod
     def needs_keep(cls, ft) -> bool:
-        return ft.retain_weight > 0 or ft.preserve_weight > 0
+        return ft.method.retain_weight > 0 or ft.preserve_weight > 0
 
     def keep_reason(self) -> str:
-        return f"finetune.retain_weight={self.ft.retain_weight} > 0"
+        return f"finetune.method.retain_weight={self.cfg.retain_weight} > 0"
 
     def select_parameters(self):
         return dict(self.parts.unet.named_parameters())
@@ -63,7 +63,7 @@ class SalunMethod(Method):
         return {k: g.abs() for k, g in acc.items()}
 
     def setup(self, initial_mask):
-        mask = global_top_mask(self.saliency(), self.ft.salun_fraction)
+        mask = global_top_mask(self.saliency(), self.cfg.fraction)
         self.mask = {k: m for k, m in mask.items() if m.any()}
         self.params = {k: p for k, p in self.params.items() if k in self.mask}
 
@@ -77,10 +77,10 @@ class SalunMethod(Method):
         target = self.forget_target(x_t, t, c_target, c_anchor)
         l_prev = forget_loss(self.parts.unet(x_t, t, encoder_hidden_states=c_target).sample, target)
         loss = l_prev
-        if self.ft.retain_weight > 0:
+        if self.cfg.retain_weight > 0:
             l_retain = self.retain_loss(step)
             info["l_retain"] = l_retain.item()
-            loss = loss + self.ft.retain_weight * l_retain
+            loss = loss + self.cfg.retain_weight * l_retain
         loss = self.with_preservation(loss, step, info)
         self.update(loss)
         info.update({"loss": loss.item(), "l_prev": l_prev.item(), **self.mask_info()})

@@ -15,12 +15,12 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from trust.config import FinetuneParams, LocalizeParams
+from trust.config import LocalizeParams
 from trust.methods.base import Method
 from trust.methods.data import ForgetData
 from trust.methods.losses import cip_penalty, csr_penalty, forget_loss
 from trust.methods.saliency import cross_attention_params, expand_mask, jaccard, mask_size
-from trust.methods.scorers import DenoiseScorer
+from trust.methods.scorers import DenoiseScorer, build_scorer
 from trust.models.parts import DiffusionParts
 
 
@@ -35,16 +35,16 @@ def denoise_saliency(
 class TrustMethod(Method):
     name = "trust"
 
-    def __init__(self, parts: DiffusionParts, data: ForgetData, ft: FinetuneParams, loc: LocalizeParams,
-                 initial_mask: dict[str, torch.Tensor], keep: ForgetData | None = None, scorer=None):
-        super().__init__(parts, data, ft, loc, initial_mask, keep, scorer or DenoiseScorer(parts, data, loc))
-
     def select_parameters(self):
         return cross_attention_params(self.parts.unet, self.loc.modules)
 
     def setup(self, initial_mask):
-        if initial_mask is None:
-            raise ValueError("finetune.method=trust needs the initial mask of the localize stage")
+        res = self.resources
+        self.scorer = (res.scorer if res and res.scorer is not None else
+                       build_scorer(self.loc, self.parts, self.data, classifier=res.classifier if res else None,
+                                    detect=res.detect if res else None))
+        if initial_mask is None:  # TRUST's own localisation (the localize stage's work) from the start weights
+            initial_mask = self.scorer.mask(self.parts.unet, self.parts.unet, self.params, self.loc.seed, 0, 0)
         missing = set(self.params) ^ set(initial_mask)
         if missing:
             raise ValueError(f"mask does not match the UNet's cross-attention projections: {sorted(missing)[:3]}")
@@ -65,28 +65,20 @@ class TrustMethod(Method):
 
     def step(self, step: int) -> dict:
         info = {}
-        if self.ft.dynamic and step > 0 and step % self.ft.reestimate_every == 0:
+        if self.cfg.dynamic and step > 0 and step % self.cfg.reestimate_every == 0:
             info.update(self.reestimate(step))
         x_t, t, c_target, c_anchor, _ = self.data.batch(self.parts, self.ft.batch_size, self.ft.seed, step, 1)
         target = self.forget_target(x_t, t, c_target, c_anchor)
         # CSR backpropagates through a gradient: fused attention kernels have no double backward.
-        ctx = sdpa_kernel([SDPBackend.MATH]) if self.ft.loss == "csr" else contextlib.nullcontext()
+        ctx = sdpa_kernel([SDPBackend.MATH]) if self.cfg.loss == "csr" else contextlib.nullcontext()
         with ctx:
             eps = self.parts.unet(x_t, t, encoder_hidden_states=c_target).sample
             l_prev = forget_loss(eps, target)
-            if self.ft.loss == "cip":
+            if self.cfg.loss == "cip":
                 reg = cip_penalty(self.params, self.mask)
             else:
                 reg = csr_penalty(eps, self.params, self.mask)
-        loss = self.with_preservation(l_prev + self.ft.beta * reg, step, info)
+        loss = self.with_preservation(l_prev + self.cfg.beta * reg, step, info)
         self.update(loss)
         info.update({"loss": loss.item(), "l_prev": l_prev.item(), "l_reg": reg.item(), "mask_size": mask_size(self.mask)})
         return info
-
-
-def __getattr__(name: str):  # backward compatibility: `from trust.methods.trust_method import METHODS`
-    if name == "METHODS":
-        from trust.methods.registry import METHODS
-
-        return METHODS
-    raise AttributeError(name)

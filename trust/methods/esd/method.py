@@ -1,10 +1,10 @@
 """ESD (Erased Stable Diffusion, Gandikota et al. 2023) with negative guidance.
 
 Loss `|| eps(x_t,t,c) - sg[eps*(x_t,t,empty) - eta (eps*(x_t,t,c) - eps*(x_t,t,empty))] ||^2`.
-`esd_variant` x trains every cross-attention (attn2) parameter, u every other UNet parameter.
-x_t (esd_xt=ddim, as ESD): the frozen model samples the target prompt with guidance
-`esd_guidance` from seeded noise to a random step k of an `esd_ddim_steps` DDIM schedule;
-t is that schedule's k-th timestep. esd_xt=reference noises a reference image instead.
+`variant` x trains every cross-attention (attn2) parameter, u every other UNet parameter.
+x_t (xt: ddim, as ESD): the frozen model samples the target prompt with guidance
+`guidance` from seeded noise to a random step k of an `ddim_steps` DDIM schedule;
+t is that schedule's k-th timestep. xt: reference noises a reference image instead.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class EsdMethod(Method):
     name = "esd"
 
     def select_parameters(self):
-        want_x = self.ft.esd_variant == "x"
+        want_x = self.cfg.variant == "x"
         return {k: p for k, p in self.parts.unet.named_parameters() if is_cross_attention(k) == want_x}
 
     @torch.no_grad()
@@ -35,22 +35,22 @@ class EsdMethod(Method):
         n = self.ft.batch_size
         idx = torch.randint(0, len(self.data), (n,), generator=g)
         seeds = torch.randint(0, 2**31 - 1, (n,), generator=g).tolist()
-        k = int(torch.randint(0, self.ft.esd_ddim_steps, (1,), generator=g))
+        k = int(torch.randint(0, self.cfg.ddim_steps, (1,), generator=g))
         c = self.data.target_emb[idx]
         sched = self.parts.sampling_scheduler()
-        sched.set_timesteps(self.ft.esd_ddim_steps)
+        sched.set_timesteps(self.cfg.ddim_steps)
         x = initial_noise(self.parts, seeds).to(c.device) * sched.init_noise_sigma
         ctx = torch.cat([self.uncond.expand_as(c), c])
         for t in sched.timesteps[:k]:
             e_u, e_c = self.frozen(sched.scale_model_input(torch.cat([x, x]), t), t,
                                    encoder_hidden_states=ctx).sample.chunk(2)
-            x = sched.step(e_u + self.ft.esd_guidance * (e_c - e_u), t, x, eta=0.0).prev_sample
+            x = sched.step(e_u + self.cfg.guidance * (e_c - e_u), t, x, eta=0.0).prev_sample
         t = sched.timesteps[k].expand(n)
         return x, t, c
 
     def step(self, step: int) -> dict:
         info = {}
-        if self.ft.esd_xt == "ddim":
+        if self.cfg.xt == "ddim":
             x_t, t, c = self.ddim_xt(step)
         else:
             x_t, t, c, _, _ = self.data.batch(self.parts, self.ft.batch_size, self.ft.seed, step, 1)

@@ -1,6 +1,6 @@
 """ANT multi-concept erasure (paper Eq. 7, MACE-style): one LoRA per concept, fused in closed form.
 
-(a) `train_concept_lora`: a LoRA (peft, rank `ant_lora_rank`) on every cross-attention key/value
+(a) `train_concept_lora`: a LoRA (peft, rank `method.lora_rank`) on every cross-attention key/value
     projection (`attn2.to_k`, `attn2.to_v`) of a copy of the UNet, trained with the ANT loss
     (trust.methods.ant.ant_loss, same timestep convention) against the frozen original; returns
     Delta W = B A * alpha/r per layer, keyed by the UNet parameter name (`...attn2.to_k.weight`).
@@ -8,14 +8,14 @@
         W* = argmin_W'  sum_i sum_j ||W' e_j - (W + Delta W_i) e_j||^2 + beta sum_k ||W' e_k - W e_k||^2
                         + lam ||W' - W||_F^2
     with e_j the text-encoder states of concept i's prompts and e_k those of the preservation prompts,
-    at their real tokens (`ant_fusion_positions: tokens`) or at every position the cross-attention
+    at their real tokens (`method.fusion_positions: tokens`) or at every position the cross-attention
     reads, padding included (`all`).
     Normal equations:  W* A = B,  A = sum_i E_i^T E_i + beta E_p^T E_p + lam I,
                                   B = sum_i (W + Delta W_i) E_i^T E_i + beta W E_p^T E_p + lam W
-    (E rows are embeddings). The ridge lam = ant_fusion_ridge * mean(diag(A without ridge)) is
+    (E rows are embeddings). The ridge lam = method.fusion_ridge * mean(diag(A without ridge)) is
     tiny and only makes A invertible when the embeddings do not span the D dimensions; it pulls
     towards the base weights. Solved in float64. No concept: the base weights, unchanged.
-    `ant_fusion_overlap: sum`: a prompt of concept i that also shows concepts i2, i3 (by the caller's
+    `method.fusion_overlap: sum`: a prompt of concept i that also shows concepts i2, i3 (by the caller's
     `shows`) has the target (W + Delta W_i + Delta W_i2 + Delta W_i3) e_j instead: its embedding sets
     are grouped by the deltas that apply (`applies`).
 """
@@ -27,8 +27,7 @@ import copy
 import torch
 
 from trust.config import FinetuneParams
-from trust.methods.ant import ant_loss, draw_timesteps, split_timestep
-from trust.methods.base import Method
+from trust.methods.ant.method import ant_loss, draw_timesteps, split_timestep
 from trust.methods.data import ForgetData
 from trust.models.parts import DiffusionParts
 from trust.utils.seeding import torch_generator
@@ -42,7 +41,7 @@ def kv_weight_names(unet) -> list[str]:
 
 
 class ConceptLora:
-    """One concept's LoRA (peft, rank `ant_lora_rank`) on every attn2 to_k/to_v of a copy of `frozen`,
+    """One concept's LoRA (peft, rank `method.lora_rank`) on every attn2 to_k/to_v of a copy of `frozen`,
     trained step by step with the ANT loss against `frozen` (the frozen original, or for sequential
     erasure the model the concept is erased from). `loss(step)` is a function of (seed, step,
     concept_index) alone. With `keep` and `params.preserve_weight > 0` the project's optional
@@ -57,7 +56,7 @@ class ConceptLora:
         frozen.requires_grad_(False)
         self.frozen, self.scheduler, self.data, self.params = frozen, scheduler, data, params
         self.concept_index, self.keep = concept_index, keep
-        cfg = LoraConfig(r=params.ant_lora_rank, lora_alpha=params.ant_lora_alpha, target_modules=LORA_TARGETS,
+        cfg = LoraConfig(r=params.method.lora_rank, lora_alpha=params.method.lora_alpha, target_modules=LORA_TARGETS,
                          lora_dropout=0.0, init_lora_weights=True)
         cuda = sorted({q.device.index or 0 for q in frozen.parameters() if q.device.type == "cuda"})
         with torch.random.fork_rng(devices=cuda):  # LoRA A's random init from (seed, concept), not the global RNG
@@ -69,7 +68,7 @@ class ConceptLora:
             raise ValueError("the UNet has no attn2.to_k / attn2.to_v layers for the concept LoRA")
         for p in self.lora.values():
             p.requires_grad_(True)
-        self.t_split = split_timestep(scheduler, params.ant_split_step, params.ant_ddim_steps)
+        self.t_split = split_timestep(scheduler, params.method.split_step, params.method.ddim_steps)
         with torch.no_grad():
             self.uncond = encode_text([""])
         self.n_train = scheduler.config.num_train_timesteps
@@ -82,7 +81,7 @@ class ConceptLora:
         n1, n2 = torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g)
         t1, t2 = draw_timesteps(g, self.t_split, self.n_train)
         terms = ant_loss(self.model, self.frozen, self.scheduler, x0, n1, n2, t1, t2, data.target_emb[idx],
-                         self.uncond, params.ant_eta, params.ant_l1, params.ant_l2, params.ant_l3)
+                         self.uncond, params.method.eta, params.method.l1, params.method.l2, params.method.l3)
         if params.preserve_weight > 0 and self.keep is not None:
             g = torch_generator(params.seed, step, 8, self.concept_index)
             idx = torch.randint(0, len(self.keep), (params.batch_size,), generator=g)
@@ -206,16 +205,16 @@ def fuse_deltas(parts: DiffusionParts, base: dict[str, torch.Tensor], deltas: li
                 concepts: list[ForgetData], preserve_prompts: list[str],
                 params: FinetuneParams, shows=None) -> dict[str, torch.Tensor]:
     """Eq. 7 for `deltas` (one per concept of `concepts`): e_j = token embeddings of each concept's
-    distinct prompts, e_k those of `preserve_prompts`. With ant_fusion_overlap `sum`, `shows(prompt)`
+    distinct prompts, e_k those of `preserve_prompts`. With method.fusion_overlap `sum`, `shows(prompt)`
     (required then) gives the indices of the erased concepts a prompt shows."""
-    pos = params.ant_fusion_positions
+    pos = params.method.fusion_positions
     preserve = token_embeddings(parts, list(dict.fromkeys(preserve_prompts)), pos)
-    if params.ant_fusion_overlap == "own":
+    if params.method.fusion_overlap == "own":
         concept_embs = [token_embeddings(parts, list(dict.fromkeys(d.prompts)), pos) for d in concepts]
-        return fuse_closed_form(base, deltas, concept_embs, preserve, params.ant_fusion_beta, params.ant_fusion_ridge)
+        return fuse_closed_form(base, deltas, concept_embs, preserve, params.method.fusion_beta, params.method.fusion_ridge)
     if shows is None:
-        raise ValueError("finetune.ant_fusion_overlap=sum needs to know which erased concepts each prompt shows "
-                         "(multi-concept fusion, trust.methods.ant_multi); use `own` here")
+        raise ValueError("finetune.method.fusion_overlap=sum needs to know which erased concepts each prompt shows "
+                         "(multi-concept fusion, bench/ant_multi.py); use `own` here")
     sets, applies = [], []
     for i, d in enumerate(concepts):
         groups: dict[tuple[int, ...], list[str]] = {}
@@ -224,45 +223,10 @@ def fuse_deltas(parts: DiffusionParts, base: dict[str, torch.Tensor], deltas: li
         for idx, prompts in groups.items():
             sets.append(token_embeddings(parts, prompts, pos))
             applies.append(idx)
-    return fuse_closed_form(base, deltas, sets, preserve, params.ant_fusion_beta, params.ant_fusion_ridge, applies)
+    return fuse_closed_form(base, deltas, sets, preserve, params.method.fusion_beta, params.method.fusion_ridge, applies)
 
 
 @torch.no_grad()
 def write_weights(unet, weights: dict[str, torch.Tensor]) -> None:
     for k, w in weights.items():
         unet.get_parameter(k).copy_(w)
-
-
-class AntFusionMethod(Method):
-    """ANT+fusion as one `Method` (`finetune.method: ant_fusion`; benchmark row ANT+fusion): a single
-    concept's LoRA trained with the ANT loss (ConceptLora) and, on `sync()` (the finetune stage calls
-    it after the last step), fused into the UNet with Eq. 7 (one concept: W* maps the
-    concept's token embeddings like W + Delta W and the preservation prompts' like W). Training
-    never touches `parts.unet`; only `sync()` writes the fused to_k/to_v weights into it.
-    The preservation prompts are `keep`'s (the preservation train prompts), hence needs_keep."""
-
-    name = "ant_fusion"
-
-    @classmethod
-    def needs_keep(cls, ft) -> bool:
-        return True
-
-    def keep_reason(self) -> str:
-        return "ant_fusion's closed-form fusion (preservation embeddings)"
-
-    def select_parameters(self):
-        self.base_kv = {k: self.parts.unet.get_parameter(k).detach().clone() for k in kv_weight_names(self.parts.unet)}
-        self.trainer = ConceptLora(self.frozen, self.parts.scheduler, self.parts.encode_text, self.data, self.ft,
-                                   0, self.keep)
-        return dict(self.trainer.lora)
-
-    def step(self, step: int) -> dict:
-        terms = self.trainer.terms(step)
-        self.update(terms["loss"])
-        return {k: float(v.detach()) for k, v in terms.items()}
-
-    def sync(self) -> None:
-        """Fuse the LoRA in closed form and write W* into parts.unet."""
-        fused = fuse_deltas(self.parts, self.base_kv, [self.trainer.delta()], [self.data], list(self.keep.prompts),
-                            self.ft)
-        write_weights(self.parts.unet, fused)

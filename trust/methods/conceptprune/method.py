@@ -59,7 +59,7 @@ class ConceptPruneMethod(Method):
         """||X|| per input feature of every ff.net.2, for each of the first timesteps of the trajectory."""
         ft, parts = self.ft, self.parts
         sched = parts.sampling_scheduler()
-        sched.set_timesteps(ft.conceptprune_ddim_steps)
+        sched.set_timesteps(self.cfg.ddim_steps)
         record = {"on": False, "acc": {}}
 
         def hook(name):
@@ -73,14 +73,14 @@ class ConceptPruneMethod(Method):
         norms = []
         try:
             x = initial_noise(parts, seeds).to(cond.device) * sched.init_noise_sigma
-            for t in sched.timesteps[: ft.conceptprune_timesteps]:
+            for t in sched.timesteps[: self.cfg.timesteps]:
                 model_in = sched.scale_model_input(x, t)
                 record["on"], record["acc"] = True, {}
                 e_c = parts.unet(model_in, t, encoder_hidden_states=cond).sample
                 norms.append({k: v.sqrt() for k, v in record["acc"].items()})
                 record["on"] = False
                 e_u = parts.unet(model_in, t, encoder_hidden_states=self.uncond.expand_as(cond)).sample
-                x = sched.step(e_u + ft.conceptprune_guidance * (e_c - e_u), t, x, eta=0.0).prev_sample
+                x = sched.step(e_u + self.cfg.guidance * (e_c - e_u), t, x, eta=0.0).prev_sample
         finally:
             for h in handles:
                 h.remove()
@@ -96,7 +96,7 @@ class ConceptPruneMethod(Method):
             w = layer.weight.abs()
             sel = torch.zeros_like(w, dtype=torch.bool)
             for nt, nb in zip(n_t, n_b):
-                sel |= wanda_select(w * nt[k][None, :], w * nb[k][None, :], self.ft.conceptprune_fraction)
+                sel |= wanda_select(w * nt[k][None, :], w * nb[k][None, :], self.cfg.fraction)
             mask[k] = sel.float()
         return mask
 

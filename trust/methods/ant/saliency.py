@@ -4,7 +4,7 @@ For each concept prompt c_i (the distinct train target prompts of ForgetData) an
 seeds s_j, one map M_ij = 1(|grad_theta L(theta; c_i, s_j)| >= gamma), with L the ANT loss
 (Eq. 3) at the original weights on the prompt's reference latents, with noises and (t1, t2)
 drawn from the seed. The final mask is the intersection (elementwise AND) of all maps, at most
-`ant_max_maps` of them, taken seeds-outer / prompts-inner so a short budget still sees every
+`max_maps` of them, taken seeds-outer / prompts-inner so a short budget still sees every
 prompt. `mask_history[n-1]` is the active-parameter count after intersecting n maps (it should
 level off: the paper's ~100 maps); `plot_mask_history` draws it.
 """
@@ -48,7 +48,7 @@ def map_plan(n_prompts: int, seeds: int, max_maps: int) -> list[tuple[int, int]]
 
 def intersected_saliency_mask(method, params: dict[str, nn.Parameter]):
     """(mask name -> float 0/1 tensor with at least one 1, mask_history) for an AntMethod set-up."""
-    ft, data = method.ft, method.data
+    ft, cfg, data = method.ft, method.cfg, method.data
     prompts = list(dict.fromkeys(data.prompts))
     refs = {p: [i for i, q in enumerate(data.prompts) if q == p] for p in prompts}
     acc: dict[str, torch.Tensor] | None = None
@@ -56,19 +56,19 @@ def intersected_saliency_mask(method, params: dict[str, nn.Parameter]):
     for p in params.values():
         p.requires_grad_(True)
     try:
-        for i, j in map_plan(len(prompts), ft.ant_seeds, ft.ant_max_maps):
+        for i, j in map_plan(len(prompts), cfg.seeds, cfg.max_maps):
             g = torch_generator(ft.seed, 2_000_000 + j, i)
             pool = torch.tensor(refs[prompts[i]])
-            idx = pool[torch.randint(0, len(pool), (ft.ant_saliency_batch,), generator=g)]
+            idx = pool[torch.randint(0, len(pool), (cfg.saliency_batch,), generator=g)]
             x0 = data.latents[idx]
             n1, n2 = torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g)
-            from trust.methods.ant import draw_timesteps
+            from trust.methods.ant.method import draw_timesteps
 
             t1, t2 = draw_timesteps(g, method._t_split, method.parts.scheduler.config.num_train_timesteps)
             loss = method.terms(x0, n1, n2, t1, t2, data.target_emb[idx])["loss"]
             grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)))
             grads = {k: (torch.zeros_like(params[k]) if v is None else v) for k, v in grads.items()}
-            m = threshold_map(grads, ft.ant_gamma)
+            m = threshold_map(grads, cfg.gamma)
             acc = m if acc is None else intersect_masks([acc, m])
             history.append(int(sum(int(v.sum()) for v in acc.values())))
     finally:

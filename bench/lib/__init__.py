@@ -1,0 +1,1 @@
+"""What the benchmark scripts in bench/ share: the method, attack and multi-concept benchmarks."""

@@ -1,0 +1,1 @@
+"""The `conceptprune` method: its knobs (config.py) next to its code (method.py)."""

@@ -1,0 +1,1 @@
+"""The `salun` method: its knobs (config.py) next to its code (method.py)."""

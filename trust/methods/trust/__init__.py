@@ -1,0 +1,1 @@
+"""The `trust` method: its knobs (config.py) next to its code (method.py)."""

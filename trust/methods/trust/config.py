@@ -1,0 +1,25 @@
+"""TRUST's knobs (`finetune.method: {name: trust, ...}`); where its neurons are found is `localize`."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from trust.methods.config import FORGET_TARGET_MOVED, ForgetTargetKnobs, MethodConfig
+
+
+class TrustConfig(MethodConfig, ForgetTargetKnobs):
+    """Dynamic-mask selective fine-tuning of cross-attention rows, CIP or CSR regulariser."""
+
+    name: Literal["trust"] = "trust"
+    loss: Literal["cip", "csr"] = Field("cip", description="CIP (hard, L1 on masked weights) or CSR (soft, "
+                                                           "Hessian-based sensitivity penalty)")
+    beta: float = Field(1e-4, ge=0, description="weight of the CIP/CSR term")
+    reestimate_every: int = Field(5, ge=1, description="k, re-estimate the mask every k steps")
+    dynamic: bool = Field(True, description="false keeps the initial mask (static, SalUn-like)")
+
+    implementation: ClassVar[str] = "trust.methods.trust.method:TrustMethod"
+    starts_from_localize: ClassVar[bool] = True
+    moved_from: ClassVar[dict[str, str]] = {"loss": "loss", "beta": "beta", "reestimate_every": "reestimate_every",
+                                            "dynamic": "dynamic", **FORGET_TARGET_MOVED}
