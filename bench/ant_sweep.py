@@ -10,7 +10,7 @@ Writes bench/results/ant_sweep.{json,md} and ant_mask_history.png.
 finetune-override set (method `ant`) through the method benchmark's measurement
 (bench.lib.methods.run_bench: erasure on held-out target prompts, each kept concept,
 checks every `--check-every` steps, world eval sampling: 20 DDIM steps, guidance 4) and appends
-one JSON line per try to bench/results/ant_tuning.jsonl (the log behind ant_tuning.md).
+one JSON line per try to bench/results/tries/ant_tuning.jsonl (the log behind ant_tuning.md).
 
 `--tprime --splits 30,40,43,47,49 --set "..." --steps N` trains one ANT model per t'
 (ant_split_step) with the same measurement and writes ant_tprime.{json,md,png}: erasure and
@@ -176,8 +176,8 @@ def tune(a) -> int:
     world = load_model(ROOT / params.world.model_dir)
     clf = ConceptClassifier.load(ROOT / params.world.classifier_dir)
     sets = parse_overrides(a.tune)
-    a.out.mkdir(parents=True, exist_ok=True)
-    log = a.out / "ant_tuning.jsonl"
+    (a.out / "tries").mkdir(parents=True, exist_ok=True)
+    log = a.out / "tries" / "ant_tuning.jsonl"  # the record of tries
     for ov in sets:
         steps = int(ov.pop("steps", a.steps))
         builder = ov.pop("builder", None)  # e.g. builder=ant_fusion: the LoRA + closed-form fusion row
@@ -198,7 +198,7 @@ def tune(a) -> int:
             f.write(json.dumps(rec) + "\n")
         print(f"{label}: target {r['erasure_target_rate']:.2f} keep {r['keep']} checks "
               f"{[(c['step'], round(c['rate'], 2)) for c in r['checks']]}", flush=True)
-        render_tuning(log, a.out / "ant_tuning.md")
+        render_tuning(log, a.out / "tries" / "ant_tuning.md")
     return 0
 
 

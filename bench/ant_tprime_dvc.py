@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# ANT's single-concept settings on the world (bench/lib/methods.py ANT_RUNS, bench/results/ant_tuning.md).
+# ANT's single-concept settings on the world (bench/lib/methods.py ANT_RUNS, bench/results/tries/ant_tuning.md).
 # The method section is replaced whole (a dict value), so none of params.yaml's TRUST knobs is left in it.
 ANT_SETTINGS = ("finetune.method={name:ant,scope:attn2,gamma:1e-7}", "finetune.lr=0.005",
                 "finetune.preserve_weight=30", "finetune.steps=150", "evaluate.attacks.run=[]")

@@ -68,7 +68,7 @@ METHOD_RUNS = [
 # ANT rows (issue 6): ANT with its intersected saliency mask (over attn2: on the world the UNet-wide
 # mask hurt every shape, see the tuning log), and ANT+fusion (one
 # concept's LoRA on attn2 to_k/to_v trained with the ANT loss, fused in closed form, Eq. 7).
-# Settings tuned on the world (bench/results/ant_tuning.md).
+# Settings tuned on the world (bench/results/tries/ant_tuning.md).
 ANT_RUNS = [
     Run("ANT", "ant", {"scope": "attn2", "gamma": 1e-7}, {"lr": 5e-3, "preserve_weight": 30.0}),
     Run("ANT+fusion", "ant_fusion", {}, {"lr": 5e-3, "preserve_weight": 0.0}),
