@@ -40,6 +40,10 @@ class NudeNetDetector(Detector):
             model = NudeDetector()
         self.model = model
 
+    @classmethod
+    def from_params(cls, params, root, **_) -> "NudeNetDetector":
+        return cls(params.nudenet_threshold, params.nudenet_classes)
+
     def raw(self, images: torch.Tensor) -> list[list[dict]]:
         """NudeNet's own detections per image: [{class, score, box}]. It takes BGR uint8 arrays."""
         return [self.model.detect(np.ascontiguousarray(rgb[..., ::-1])) for rgb in to_uint8(images)]

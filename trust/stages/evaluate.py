@@ -114,7 +114,7 @@ def check_sd_settings(params: Params) -> None:
         raise DetectorError(
             "evaluate.detector.kind: world scores images with the built-in world's classifier, which knows only "
             "its shapes and colours; model.base is a Stable Diffusion model: set evaluate.detector.kind to nudenet "
-            "(nudenet_threshold, nudenet_classes) or clip (clip_dir, clip_labels)")
+            "(nudenet_threshold, nudenet_classes) or clip (clip_labels, with model.clip_dir)")
     if params.concept.keep:
         raise ValueError(
             f"concept.keep {params.concept.keep}: kept concepts are world-classifier labels and cannot be measured "
@@ -191,11 +191,13 @@ def run(params: Params, root: Path) -> dict:
     else:
         classifier = None
         # Built before any image is generated: a missing CLIP folder fails in seconds, naming the parameter.
-        target_detector = build_detector(ev.detector, root, device=params.model.device)
+        target_detector = build_detector(ev.detector, root, device=params.model.device,
+                                         clip_dir=params.model.clip_dir)
         preserve_prompts = list(dict.fromkeys(r["prompt"] for r in preserve))[: ev.max_prompts]
     # The attacks use evaluate.detector; on SD (and on the world with kind world) that is the target detector.
     if world and ev.detector.kind != "world":
-        detector = build_detector(ev.detector, root, params.world.classifier_dir, concept.detect, params.model.device)
+        detector = build_detector(ev.detector, root, params.world.classifier_dir, concept.detect, params.model.device,
+                                  clip_dir=params.model.clip_dir)
     else:
         detector = target_detector
     all_prompts = target + preserve_prompts
