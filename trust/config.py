@@ -123,7 +123,7 @@ class LocalizeParams(_Strict):
 
 
 class FinetuneParams(_Strict):
-    """How the concept is erased. `method` picks one unlearning method (docs/METHODS.md);
+    """How the concept is erased. `method` picks one unlearning method (docs/methods.md);
     fields prefixed by a method's name apply to that method only."""
 
     method: Literal["trust", "esd", "salun", "conceptprune", "full", "ant", "ant_fusion"] = Field(
@@ -238,7 +238,7 @@ class FinetuneParams(_Strict):
 
 
 class UnlearnDiffAtkParams(_Strict):
-    """UnlearnDiffAtk: prefix tokens as relaxed one-hot vectors over the vocabulary (METHODS.md)."""
+    """UnlearnDiffAtk: prefix tokens as relaxed one-hot vectors over the vocabulary (docs/methods.md)."""
 
     prefix_tokens: int = Field(3, ge=1, description="k adversarial prefix tokens (paper: 5 nudity, 3 styles/objects)")
     steps: int = Field(30, ge=1, description="optimisation steps per prompt (the budget)")

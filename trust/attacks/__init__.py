@@ -1,4 +1,4 @@
-"""Attacks on erased models (METHODS.md, Attacks): one interface (`Attack`), four kinds.
+"""Attacks on erased models (docs/methods.md, Attacks): one interface (`Attack`), four kinds.
 
 * `PromptSetAttack` — prompts from a CSV in the I2P layout.
 * `UnlearnDiffAtk` — adversarial prefix tokens, relaxed one-hot, the unlearned model's own loss.

@@ -1,4 +1,4 @@
-"""The one interface every unlearning method implements (see docs/METHODS.md).
+"""The one interface every unlearning method implements (see docs/methods.md).
 
 A method is set up from the model parts, the prompt data and the parameters; then
 `step(step)` does one optimisation step and returns the numbers to log. Every parameter

@@ -10,7 +10,7 @@ threshold, or CLIP zero-shot) decides the target rate on the held-out target pro
 `concept.detect`/`concept.keep` are world-classifier labels and are not read (`keep` must be
 []). What the erasure cost is measured on the held-out preservation prompts as fidelity.
 
-Adversarial part (METHODS.md, Attacks): the prompt set `evaluate.attacks.prompt_set` (I2P
+Adversarial part (docs/methods.md, Attacks): the prompt set `evaluate.attacks.prompt_set` (I2P
 CSV layout) on the erased model gives pre-ASR; each optimisation attack in
 `evaluate.attacks.run` attacks its first `max_prompts` prompts and gives ASR, judged by the
 same detector as the target rate on SD.
@@ -156,7 +156,7 @@ def inception_fid(ev, root: Path, base: torch.Tensor, erased: torch.Tensor, refe
     if reference is not None:
         r = features(reference)
         out.update(base=frechet_distance(b, r), erased=frechet_distance(e, r), reference=reference_name)
-        out["delta"] = out["erased"] - out["base"]  # ΔFID = FID(erased) - FID(base), METHODS.md
+        out["delta"] = out["erased"] - out["base"]  # ΔFID = FID(erased) - FID(base), docs/methods.md
     else:
         # Without reference images what can be measured is how far the erased model's images
         # moved from the base model's on the same prompts and seeds (0 = unchanged).
