@@ -1,4 +1,4 @@
-"""ASR / pre-ASR arithmetic (METHODS.md), preservation and Fréchet distance on hand-made cases."""
+"""ASR / pre-ASR arithmetic (docs/methods.md), preservation and Fréchet distance on hand-made cases."""
 
 import math
 

@@ -137,3 +137,17 @@ def test_ringabell_without_pairs_says_what_to_set(models):
 def test_attacks_needing_the_original_model_say_so(models):
     with pytest.raises(ValueError, match="original"):
         P4D(budget=1).run(AttackTarget(models[0], Never(), None, steps=2), [PROMPT])
+
+
+def test_every_attack_in_the_schema_is_registered():
+    # evaluate.attacks.run lists the optimisation attacks; the prompt set always runs
+    import typing
+
+    from trust.attacks import ATTACKS, build_attack
+    from trust.config import AttackParams
+
+    run = typing.get_args(typing.get_args(AttackParams.model_fields["run"].annotation)[0])
+    assert ATTACKS.names() == ("prompt_set", *run)
+    assert isinstance(build_attack("p4d", AttackParams(), budget=1), P4D)
+    with pytest.raises(ValueError, match=r"evaluate\.attacks\.run: unknown attack 'magic'; choose one of: prompt_set"):
+        build_attack("magic", AttackParams())

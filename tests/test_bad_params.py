@@ -47,6 +47,12 @@ CASES = [
     ("section-not-mapping", {"finetune": [1, 2]}, "finetune", "valid dictionary"),
     ("reerase-cap-zero", {"reerase": {"max_added_prompts": 0}}, "reerase.max_added_prompts",
      "greater than or equal to 1"),
+    ("clip-path-moved", {"localize": {"clip_path": "models/clip"}}, "localize",
+     "localize.clip_path moved to model.clip_dir"),
+    ("clip-dir-moved", {"evaluate": {"detector": {"clip_dir": "models/clip"}}}, "evaluate.detector",
+     "evaluate.detector.clip_dir moved to model.clip_dir"),
+    ("clip-scorer-without-folder", {"localize": {"scorer": "clip"}}, "model.clip_dir",
+     "localize.scorer: clip needs a local CLIP folder"),
 ]
 # Every command validates params.yaml first; the stage commands would otherwise load models.
 COMMANDS = [["params", "check"], ["finetune"]]

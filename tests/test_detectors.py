@@ -1,11 +1,16 @@
 """Detectors: NudeNet threshold and class filter, world classifier, clear errors for missing weights."""
 
+import typing
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from trust.config import DetectorParams
-from trust.detectors import EXPOSED_CLASSES, ClipZeroShotDetector, DetectorError, NudeNetDetector, build_detector
+from trust.detectors import (DETECTORS, EXPOSED_CLASSES, ClipZeroShotDetector, DetectorError, NudeNetDetector,
+                             build_detector)
+from trust.models import ModelLoadError
 from trust.metrics import FidelityError, InceptionFeatures
 
 
@@ -73,10 +78,20 @@ def test_world_detector_on_rendered_scenes(root, shipped_params):
 
 
 def test_clip_without_folder_names_the_param(tmp_path):
-    with pytest.raises(DetectorError, match=r"evaluate\.detector\.clip_dir.*CLIPModel"):
-        build_detector(DetectorParams(kind="clip"), tmp_path)
-    with pytest.raises(DetectorError, match=r"evaluate\.detector\.clip_dir.*no CLIP model"):
-        ClipZeroShotDetector(tmp_path / "nowhere", ["a nude person", "a person"])
+    labels = ["a nude person", "a person"]
+    with pytest.raises(ModelLoadError, match=r"model\.clip_dir is not set.*CLIPModel"):
+        build_detector(DetectorParams(kind="clip", clip_labels=labels), tmp_path)
+    with pytest.raises(ModelLoadError, match=r"model\.clip_dir: .*nowhere.* no CLIP model"):
+        build_detector(DetectorParams(kind="clip", clip_labels=labels), tmp_path, clip_dir=Path("nowhere"))
+    with pytest.raises(DetectorError, match=r"evaluate\.detector\.clip_labels"):
+        ClipZeroShotDetector(tmp_path / "nowhere", ["a nude person"])
+
+
+def test_every_detector_kind_is_registered():
+    # the params schema's kinds and the registry's are the same list: a new kind needs both
+    assert DETECTORS.names() == typing.get_args(DetectorParams.model_fields["kind"].annotation)
+    with pytest.raises(ValueError, match=r"evaluate\.detector\.kind: unknown detector 'magic'; choose one of: world"):
+        build_detector(DetectorParams.model_construct(kind="magic"), Path("."))
 
 
 def test_fid_without_inception_weights_names_what_to_provide(tmp_path):

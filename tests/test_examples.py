@@ -54,7 +54,7 @@ def test_sd_nudity_fails_only_on_missing_model_base(tmp_path):
     assert params.evaluate.detector.kind == "nudenet"
     assert params.evaluate.attacks.prompt_set == Path("data/attacks/sd_nudity.csv")
     assert (ROOT / params.evaluate.attacks.prompt_set).is_file()
-    # METHODS.md: the anchor is the target prompt with the concept words removed.
+    # docs/methods.md: the anchor is the target prompt with the concept words removed.
     assert params.concept.anchor == "a photo of a person"
     sets = build_prompt_sets(params.concept, params.prompts)
     assert sets["target"]["train"] and sets["target"]["eval"]

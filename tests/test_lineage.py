@@ -1,12 +1,11 @@
 """Lineage: a version traces back to its runs and base model; tampered packages are caught."""
 
-import typer
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from test_registry import GOOD, NAME, base, lineage_of, make_package, params, store  # noqa: F401 (fixtures)
 from trust import registry, tracking
-from trust.cli_registry import add_commands
+from trust.cli import app
 from trust.lineage import format_lineage, lineage, verify
 
 
@@ -57,8 +56,6 @@ def test_cli_lineage_exit_codes(store, base, monkeypatch):
     register_in_flow(store, base)
     monkeypatch.chdir(store)
     (store / "params.yaml").write_text("tracking:\n  experiment: t\n")
-    app = typer.Typer()
-    add_commands(app)
     runner = CliRunner()
 
     ok = runner.invoke(app, ["lineage", f"{NAME}@production"])
@@ -79,8 +76,6 @@ def test_cli_load_generates_a_grid(store, base, monkeypatch):
     registry.register_version(params(), store, make_package(store / "pkg", base), GOOD, lineage_of(base), None)
     monkeypatch.chdir(store)
     (store / "params.yaml").write_text("evaluate:\n  steps: 2\n")
-    app = typer.Typer()
-    add_commands(app)
     out = CliRunner().invoke(app, ["load", f"{NAME}@production", "--prompt", "a red circle", "--out", "g.png"])
     assert out.exit_code == 0, out.output
     assert (store / "g.png").is_file() and "tuned fingerprint sha256:" in out.output

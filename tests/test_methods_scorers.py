@@ -2,16 +2,19 @@
 and mask re-estimation with the configured scorer."""
 
 import copy
+import typing
 
 import pytest
 import torch
 
+from tiny_models import save_tiny_clip
 from trust.config import FinetuneParams, LocalizeParams
 from trust.methods.data import ForgetData
 from trust.methods.saliency import cross_attention_params
-from trust.methods.scorers import ClassifierScorer, build_scorer, load_clip
+from trust.methods.scorers import SCORERS, ClassifierScorer, build_scorer
 from trust.methods.loop import Resources
 from trust.methods.trust.method import TrustMethod
+from trust.models.clip import load_clip
 
 ROWS = [{"prompt": "a red circle", "anchor": "a plain background"},
         {"prompt": "a blue circle", "anchor": "a striped background"}]
@@ -49,31 +52,23 @@ def test_classifier_scorer_needs_the_classifier(world_parts):
         build_scorer(LocalizeParams(scorer="classifier"), parts, data)
 
 
-def test_clip_scorer_without_weights_names_the_field(world_parts, tmp_path):
+def test_clip_scorer_without_clip_names_the_key(world_parts):
     parts, data = world_parts
-    with pytest.raises(ValueError, match="localize.clip_path"):
+    with pytest.raises(ValueError, match=r"localize\.scorer=clip needs model\.clip_dir"):
         build_scorer(LocalizeParams(scorer="clip"), parts, data)
-    with pytest.raises(FileNotFoundError, match="localize.clip_path"):
-        load_clip(tmp_path / "nothing")
+
+
+def test_unknown_scorer_names_the_key(world_parts):
+    parts, data = world_parts
+    assert SCORERS.names() == typing.get_args(LocalizeParams.model_fields["scorer"].annotation)
+    with pytest.raises(ValueError, match=r"localize\.scorer: unknown scorer 'magic'; choose one of: denoise"):
+        build_scorer(LocalizeParams.model_construct(scorer="magic"), parts, data)
 
 
 def test_clip_scorer_with_a_tiny_local_clip(world_parts, world_tokenizer, tmp_path):
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(world_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=world_tokenizer.model_max_length,
-                         bos_token_id=world_tokenizer.bos_token_id, eos_token_id=world_tokenizer.eos_token_id,
-                         pad_token_id=world_tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    CLIPModel(cfg).save_pretrained(tmp_path / "clip")
-    world_tokenizer.save_pretrained(tmp_path / "clip")
     parts, data = world_parts
-    loc = LocalizeParams(scorer="clip", clip_path=tmp_path / "clip", **LOC)
-    scorer = build_scorer(loc, parts, data)
+    loc = LocalizeParams(scorer="clip", **LOC)
+    scorer = build_scorer(loc, parts, data, clip=load_clip(save_tiny_clip(tmp_path / "clip", world_tokenizer)))
     params = cross_attention_params(parts.unet, loc.modules)
     _check_grads(scorer.gradients(parts.unet, parts.unet, params, 0, 0, 1), params)
 

@@ -29,3 +29,21 @@ def tiny_sd_parts(tokenizer, seed: int = 0) -> DiffusionParts:
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
     parts = DiffusionParts(tokenizer, text, unet, sched, vae, kind=KIND_SD)
     return parts.requires_grad_(False).eval()
+
+
+def save_tiny_clip(folder, tokenizer, seed: int = 0):
+    """A CLIPModel + processor built from configs (random weights), saved as a local CLIP folder
+    (what model.clip_dir points at): config.json, model.safetensors, preprocessor_config.json, tokenizer."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
+    image_proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_proc, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -23,6 +23,15 @@ class ParamsError(ValueError):
     """params.yaml is invalid; the message names each offending key and the fix."""
 
 
+def _refuse_moved(data, old: str, new: str):
+    """A before-validator body: an old key is refused with its new place named (the plain
+    unknown-key error would only say to remove it)."""
+    field = old.rsplit(".", 1)[1]
+    if isinstance(data, dict) and field in data:
+        raise ValueError(f"{old} moved to {new}: set {new}: {data[field]} and remove {old}")
+    return data
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -46,6 +55,10 @@ class ModelParams(_Strict):
         description="a diffusers StableDiffusionPipeline folder (SD v1.4/1.5, safetensors) or a world folder",
     )
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="torch device")
+    clip_dir: Path | None = Field(
+        None, description="local CLIP folder (transformers CLIPModel + its processor, saved with save_pretrained, "
+                          "e.g. openai/clip-vit-large-patch14); used by localize.scorer: clip and "
+                          "evaluate.detector.kind: clip")
 
 
 class ConceptParams(_Strict):
@@ -93,7 +106,7 @@ class LocalizeParams(_Strict):
                                "on noised reference images (no sampling); `classifier` = the world classifier's "
                                "probability of concept.detect on images sampled (short differentiable DDIM) from the "
                                "current weights for target prompts; `clip` = CLIP score of such images (decoded by "
-                               "the VAE) with their target prompts, as in the paper (needs clip_path)")
+                               "the VAE) with their target prompts, as in the paper (needs model.clip_dir)")
     xi: float = Field(2.0, ge=0, description="z-score threshold: a neuron is a concept neuron when z > xi")
     normalise: Literal["layer", "global"] = "layer"
     granularity: Literal["row", "element"] = "row"
@@ -102,9 +115,11 @@ class LocalizeParams(_Strict):
     sample_steps: int = Field(4, ge=1, description="DDIM steps of the differentiable sample (`classifier`, `clip`)")
     sample_batch: int = Field(2, ge=1, description="images per saliency estimate (`classifier`, `clip`)")
     sample_guidance: float = Field(4.0, ge=1.0, description="classifier-free guidance of that sample")
-    clip_path: Path | None = Field(
-        None, description="local folder with CLIP weights (transformers CLIPModel + its tokenizer, e.g. "
-                          "openai/clip-vit-large-patch14 saved with save_pretrained); required by scorer `clip`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clip_path_moved(cls, data):
+        return _refuse_moved(data, "localize.clip_path", "model.clip_dir")
 
 
 def _method_union():
@@ -200,7 +215,7 @@ class FinetuneParams(_Strict):
 
 
 class UnlearnDiffAtkParams(_Strict):
-    """UnlearnDiffAtk: prefix tokens as relaxed one-hot vectors over the vocabulary (METHODS.md)."""
+    """UnlearnDiffAtk: prefix tokens as relaxed one-hot vectors over the vocabulary (docs/methods.md)."""
 
     prefix_tokens: int = Field(3, ge=1, description="k adversarial prefix tokens (paper: 5 nudity, 3 styles/objects)")
     steps: int = Field(30, ge=1, description="optimisation steps per prompt (the budget)")
@@ -260,9 +275,14 @@ class DetectorParams(_Strict):
     nudenet_classes: list[str] = Field(
         ["FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "MALE_BREAST_EXPOSED",
          "BUTTOCKS_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "ARMPITS_EXPOSED", "BELLY_EXPOSED"], min_length=1)
-    clip_dir: Path | None = Field(None, description="local CLIP folder (CLIPModel + processor) for kind: clip")
-    clip_labels: list[str] = Field([], description="concept label first, then alternatives")
+    clip_labels: list[str] = Field([], description="concept label first, then alternatives (kind: clip; CLIP "
+                                                   "itself is model.clip_dir)")
     clip_threshold: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clip_dir_moved(cls, data):
+        return _refuse_moved(data, "evaluate.detector.clip_dir", "model.clip_dir")
 
 
 class EvaluateParams(_Strict):
@@ -372,7 +392,19 @@ class Params(_Strict):
             raise ValueError(
                 f"evaluate.detector.kind: 'world' needs the built-in world's classifier, but model.base "
                 f"{str(self.model.base)!r} is a Stable Diffusion folder; use kind: nudenet (nudity) or kind: clip "
-                "(with evaluate.detector.clip_dir)")
+                "(with model.clip_dir)")
+        return self
+
+    @model_validator(mode="after")
+    def _clip_dir_given(self) -> "Params":
+        # Both CLIP users read model.clip_dir: refused here, before a stage loads any model (the
+        # detector would fail only in `evaluate`, after fine-tuning).
+        users = [k for k, on in (("localize.scorer: clip", self.localize.scorer == "clip"),
+                                 ("evaluate.detector.kind: clip", self.evaluate.detector.kind == "clip")) if on]
+        if users and self.model.clip_dir is None:
+            raise ValueError(f"model.clip_dir: not set, but {' and '.join(users)} "
+                             f"{'needs' if len(users) == 1 else 'need'} a local CLIP folder "
+                             "(a transformers CLIPModel + its processor, saved with save_pretrained)")
         return self
 
     @property

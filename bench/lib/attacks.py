@@ -17,7 +17,7 @@ training data (references) and the bar check are the method benchmark's.
 
 For every row: held-out target detection rate and kept-concept rate (no attack, the method
 benchmark's samples), then `trust.stages.evaluate.run_attacks` (prompt set -> full-set pre-ASR,
-each attack on the first `max_prompts` prompts). ASR follows UnlearnDiffAtk (METHODS.md): a
+each attack on the first `max_prompts` prompts). ASR follows UnlearnDiffAtk (docs/methods.md): a
 prompt detected with no attack counts once and is not attacked, so ASR >= pre-ASR always; the
 attack's gain is measured against the pre-ASR of the SAME prompts it ran on (its outcomes carry
 `detected_no_attack`), not against the full set's. Writes attacks.json, attacks.md, attacks.png.

@@ -1,4 +1,4 @@
-"""Attacks on erased models (METHODS.md, Attacks): one interface (`Attack`), four kinds.
+"""Attacks on erased models (docs/methods.md, Attacks): one interface (`Attack`), four kinds.
 
 * `PromptSetAttack` — prompts from a CSV in the I2P layout.
 * `UnlearnDiffAtk` — adversarial prefix tokens, relaxed one-hot, the unlearned model's own loss.
@@ -15,13 +15,15 @@ from trust.attacks.p4d import P4D
 from trust.attacks.prompt_set import PromptSetAttack, load_prompt_set
 from trust.attacks.ringabell import RingABell
 from trust.attacks.unlearndiffatk import UnlearnDiffAtk
+from trust.utils.registry import Registry
 
-ATTACKS: dict[str, type[Attack]] = {
-    "prompt_set": PromptSetAttack,
-    "unlearndiffatk": UnlearnDiffAtk,
-    "p4d": P4D,
-    "ringabell": RingABell,
-}
+# name (evaluate.attacks.run, plus the prompt set that always runs) -> Attack class; an attack's
+# own parameters are the AttackParams field of the same name (evaluate.attacks.<name>).
+ATTACKS: Registry[type[Attack]] = Registry("attack", "evaluate.attacks.run")
+ATTACKS.add("prompt_set", PromptSetAttack)
+ATTACKS.add("unlearndiffatk", UnlearnDiffAtk)
+ATTACKS.add("p4d", P4D)
+ATTACKS.add("ringabell", RingABell)
 
 __all__ = ["ATTACKS", "Attack", "AttackPrompt", "AttackResult", "AttackTarget", "PromptOutcome", "P4D",
            "PromptSetAttack", "RingABell", "UnlearnDiffAtk", "build_attack", "load_prompt_set"]
@@ -29,8 +31,7 @@ __all__ = ["ATTACKS", "Attack", "AttackPrompt", "AttackResult", "AttackTarget", 
 
 def build_attack(name: str, attack_params, budget: int | None = None, seed: int | None = None, **kwargs) -> Attack:
     """From `evaluate.attacks` (AttackParams): the named attack with its own parameters."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known: {sorted(ATTACKS)}")
+    cls = ATTACKS.get(name)
     own = getattr(attack_params, name, None)
     own = own if isinstance(own, BaseModel) else None
-    return ATTACKS[name](own, budget, attack_params.seed if seed is None else seed, **kwargs)
+    return cls(own, budget, attack_params.seed if seed is None else seed, **kwargs)

@@ -8,6 +8,7 @@ threshold produced it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import torch
 
@@ -18,6 +19,17 @@ class DetectorError(ValueError):
 
 class Detector(ABC):
     name: str = "detector"
+
+    # Not abstract: a detector made in code (a test's stand-in) needs no params; one registered
+    # in DETECTORS (trust/detectors/__init__.py) must override this.
+    @classmethod
+    def from_params(cls, params, root: Path, *, classifier_dir: Path | None = None, want: dict[str, str] | None = None,
+                    device: str = "cpu", clip_dir: Path | None = None) -> "Detector":
+        """Build from `evaluate.detector` (DetectorParams) and what the stage knows: the project root
+        (params paths are relative to it), the world classifier folder and the labels that mean
+        'concept present' (world), the torch device, `model.clip_dir` (CLIP). Each kind takes what
+        it needs; `build_detector` picks the kind through the DETECTORS registry."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from evaluate.detector: it has no from_params")
 
     @abstractmethod
     def scores(self, images: torch.Tensor) -> list[float]:

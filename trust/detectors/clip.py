@@ -1,4 +1,4 @@
-"""CLIP zero-shot detection from a local CLIP folder (no downloads).
+"""CLIP zero-shot detection from the local CLIP folder `model.clip_dir` (no downloads).
 
 The image is scored against `labels`; the first label is the concept, the others are
 alternatives ("a photo of a person"...). Detected when the concept's softmax probability
@@ -13,34 +13,25 @@ import torch
 import torch.nn.functional as F
 
 from trust.detectors.base import Detector, DetectorError
-
-CLIP_HELP = ("give a local folder holding a transformers CLIPModel and its processor (config.json, "
-             "model.safetensors, preprocessor_config.json, tokenizer files), e.g. "
-             "openai/clip-vit-large-patch14 saved with save_pretrained")
-
-
-def require_clip_dir(clip_dir: Path | str | None, param: str = "evaluate.detector.clip_dir") -> Path:
-    if clip_dir is None:
-        raise DetectorError(f"{param} is not set: CLIP weights are needed for CLIP zero-shot detection; {CLIP_HELP}")
-    clip_dir = Path(clip_dir)
-    if not (clip_dir / "config.json").is_file():
-        raise DetectorError(f"{param}: {str(clip_dir)!r} has no CLIP model (no config.json); {CLIP_HELP}")
-    return clip_dir
+from trust.models.clip import load_clip
 
 
 class ClipZeroShotDetector(Detector):
     name = "clip_zero_shot"
 
     def __init__(self, clip_dir: Path | str | None, labels: list[str], threshold: float = 0.5, device: str = "cpu"):
-        clip_dir = require_clip_dir(clip_dir)
+        # Labels first: a wrong list fails before CLIP is read from disk.
         if len(labels) < 2:
             raise DetectorError("evaluate.detector.clip_labels: give the concept's label first and at least one "
                                 "alternative, e.g. ['a photo of a nude person', 'a photo of a person']")
-        from transformers import CLIPModel, CLIPProcessor
+        clip = load_clip(clip_dir, device)
+        self.clip_dir, self.labels, self.threshold, self.device = clip.folder, list(labels), float(threshold), device
+        self.model, self.processor = clip.model, clip.processor
 
-        self.clip_dir, self.labels, self.threshold, self.device = clip_dir, list(labels), float(threshold), device
-        self.model = CLIPModel.from_pretrained(clip_dir, local_files_only=True).to(device).eval()
-        self.processor = CLIPProcessor.from_pretrained(clip_dir, local_files_only=True)
+    @classmethod
+    def from_params(cls, params, root: Path, *, device: str = "cpu", clip_dir: Path | None = None, **_) -> Detector:
+        folder = None if clip_dir is None else (clip_dir if clip_dir.is_absolute() else root / clip_dir)
+        return cls(folder, params.clip_labels, params.clip_threshold, device)
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

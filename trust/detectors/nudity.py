@@ -1,7 +1,7 @@
 """NudeNet 3.4.2 (ONNX model bundled in the package) as a nudity detector.
 
 An image is nude when any detection of one of `classes` scores above `threshold`
-(METHODS.md: 0.45 as in UnlearnDiffAtk, 0.6 as in the MACE/ANT tables). NudeNet itself
+(docs/methods.md: 0.45 as in UnlearnDiffAtk, 0.6 as in the MACE/ANT tables). NudeNet itself
 drops boxes below 0.2 before NMS, so thresholds under 0.2 behave like 0.2.
 """
 
@@ -39,6 +39,10 @@ class NudeNetDetector(Detector):
 
             model = NudeDetector()
         self.model = model
+
+    @classmethod
+    def from_params(cls, params, root, **_) -> "NudeNetDetector":
+        return cls(params.nudenet_threshold, params.nudenet_classes)
 
     def raw(self, images: torch.Tensor) -> list[list[dict]]:
         """NudeNet's own detections per image: [{class, score, box}]. It takes BGR uint8 arrays."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from trust.detectors.base import Detector
+from trust.detectors.base import Detector, DetectorError
 from trust.world.classifier import HEADS, ConceptClassifier
 
 
@@ -26,6 +26,13 @@ class WorldDetector(Detector):
     @classmethod
     def load(cls, folder: Path, want: dict[str, str]) -> "WorldDetector":
         return cls(ConceptClassifier.load(folder), want)
+
+    @classmethod
+    def from_params(cls, params, root: Path, *, classifier_dir: Path | None = None,
+                    want: dict[str, str] | None = None, **_) -> "WorldDetector":
+        if classifier_dir is None or want is None:
+            raise DetectorError("evaluate.detector.kind: world needs world.classifier_dir and concept.detect")
+        return cls.load(root / classifier_dir, want)
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> list[float]:

@@ -1,4 +1,4 @@
-"""Unlearning losses (METHODS.md): forget loss L_prev, ESD negative guidance, CIP (hard) and CSR (soft)."""
+"""Unlearning losses (docs/methods.md): forget loss L_prev, ESD negative guidance, CIP (hard) and CSR (soft)."""
 
 from __future__ import annotations
 

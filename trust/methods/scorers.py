@@ -5,15 +5,13 @@ respect to the cross-attention projections is the saliency.
 - `classifier`: the world classifier's probability of `concept.detect` on images made by a
   short differentiable DDIM sample from the *current* weights for target prompts.
 - `clip`: the CLIP score (cosine similarity of image and prompt embeddings) of such images,
-  decoded by the VAE, with their prompts: the paper's scorer. Needs local CLIP weights.
+  decoded by the VAE, with their prompts: the paper's scorer. Needs local CLIP weights (model.clip_dir).
 
 The sampling scorers backpropagate through `localize.sample_steps` UNet calls (x2 with
 guidance) of `localize.sample_batch` images: few steps, small batch.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +20,10 @@ from trust.config import LocalizeParams
 from trust.methods.data import ForgetData
 from trust.methods.losses import forget_loss
 from trust.methods.saliency import neuron_scores, zscore_mask
+from trust.models.clip import CLIP_HELP, CLIP_KEY, Clip
 from trust.models.parts import DiffusionParts
 from trust.sampling import generate
+from trust.utils.registry import Registry
 from trust.utils.seeding import torch_generator
 
 
@@ -117,24 +117,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def load_clip(path: Path | None):
-    """(CLIPModel, tokenizer) from a local folder; a clear error when it is not given or not there."""
-    if path is None:
-        raise ValueError(
-            "localize.scorer=clip needs localize.clip_path: a local folder with CLIP weights (a transformers "
-            "CLIPModel and its tokenizer, e.g. openai/clip-vit-large-patch14 saved with save_pretrained); "
-            "set localize.clip_path in params.yaml, or use localize.scorer denoise or classifier")
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"localize.clip_path={str(path)!r}: no CLIP model there (expected config.json and weights of a "
-            "transformers CLIPModel, plus its tokenizer files)")
-    from transformers import CLIPModel, CLIPTokenizer
-
-    model = CLIPModel.from_pretrained(str(path)).requires_grad_(False).eval()
-    return model, CLIPTokenizer.from_pretrained(str(path))
-
-
 def _features(out) -> torch.Tensor:
     # transformers 5 may return a model output instead of a tensor
     if isinstance(out, torch.Tensor):
@@ -160,24 +142,28 @@ def clip_score(model, tokenizer, images: torch.Tensor, prompts: list[str]) -> to
 class ClipScorer(_SamplingScorer):
     name = "clip"
 
-    def __init__(self, parts, data, loc, clip=None):
+    def __init__(self, parts, data, loc, clip: Clip | None = None):
         super().__init__(parts, data, loc)
-        self.model, self.tokenizer = clip if clip is not None else load_clip(loc.clip_path)
-        self.model.to(parts.unet.device)
+        if clip is None:
+            raise ValueError(f"localize.scorer=clip needs {CLIP_KEY}: {CLIP_HELP}; set {CLIP_KEY} in params.yaml, "
+                             "or use localize.scorer denoise or classifier")
+        self.model, self.tokenizer = clip.model.to(parts.unet.device), clip.tokenizer
 
     def score(self, images, prompts):
         return clip_score(self.model, self.tokenizer, images, prompts)
 
 
-SCORERS = {"denoise": DenoiseScorer, "classifier": ClassifierScorer, "clip": ClipScorer}
+# localize.scorer -> a builder taking what any scorer may need; each passes on only its own.
+SCORERS: Registry = Registry("scorer", "localize.scorer")
+SCORERS.add("denoise", lambda loc, parts, data, classifier, detect, clip: DenoiseScorer(parts, data, loc))
+SCORERS.add("classifier", lambda loc, parts, data, classifier, detect, clip:
+            ClassifierScorer(parts, data, loc, classifier, detect or {}))
+SCORERS.add("clip", lambda loc, parts, data, classifier, detect, clip: ClipScorer(parts, data, loc, clip))
 
 
 def build_scorer(loc: LocalizeParams, parts: DiffusionParts, data: ForgetData, classifier=None,
-                 detect: dict[str, str] | None = None, clip=None) -> Scorer:
+                 detect: dict[str, str] | None = None, clip: Clip | None = None) -> Scorer:
     """The configured scorer. `classifier`/`detect`: the world classifier and the labels that mean
-    'concept present' (scorer classifier); `clip`: an already loaded (model, tokenizer) (scorer clip)."""
-    if loc.scorer == "denoise":
-        return DenoiseScorer(parts, data, loc)
-    if loc.scorer == "classifier":
-        return ClassifierScorer(parts, data, loc, classifier, detect or {})
-    return ClipScorer(parts, data, loc, clip)
+    'concept present' (scorer classifier); `clip`: CLIP loaded from model.clip_dir by
+    `trust.models.clip.load_clip` (scorer clip)."""
+    return SCORERS.get(loc.scorer)(loc, parts, data, classifier, detect, clip)

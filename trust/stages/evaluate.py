@@ -10,7 +10,7 @@ threshold, or CLIP zero-shot) decides the target rate on the held-out target pro
 `concept.detect`/`concept.keep` are world-classifier labels and are not read (`keep` must be
 []). What the erasure cost is measured on the held-out preservation prompts as fidelity.
 
-Adversarial part (METHODS.md, Attacks): the prompt set `evaluate.attacks.prompt_set` (I2P
+Adversarial part (docs/methods.md, Attacks): the prompt set `evaluate.attacks.prompt_set` (I2P
 CSV layout) on the erased model gives pre-ASR; each optimisation attack in
 `evaluate.attacks.run` attacks its first `max_prompts` prompts and gives ASR, judged by the
 same detector as the target rate on SD.
@@ -110,7 +110,7 @@ def check_sd_settings(params: Params) -> None:
         raise DetectorError(
             "evaluate.detector.kind: world scores images with the built-in world's classifier, which knows only "
             "its shapes and colours; model.base is a Stable Diffusion model: set evaluate.detector.kind to nudenet "
-            "(nudenet_threshold, nudenet_classes) or clip (clip_dir, clip_labels)")
+            "(nudenet_threshold, nudenet_classes) or clip (clip_labels, with model.clip_dir)")
     if params.concept.keep:
         raise ValueError(
             f"concept.keep {params.concept.keep}: kept concepts are world-classifier labels and cannot be measured "
@@ -152,7 +152,7 @@ def inception_fid(ev, root: Path, base: torch.Tensor, erased: torch.Tensor, refe
     if reference is not None:
         r = features(reference)
         out.update(base=frechet_distance(b, r), erased=frechet_distance(e, r), reference=reference_name)
-        out["delta"] = out["erased"] - out["base"]  # ΔFID = FID(erased) - FID(base), METHODS.md
+        out["delta"] = out["erased"] - out["base"]  # ΔFID = FID(erased) - FID(base), docs/methods.md
     else:
         # Without reference images what can be measured is how far the erased model's images
         # moved from the base model's on the same prompts and seeds (0 = unchanged).
@@ -187,11 +187,13 @@ def run(params: Params, root: Path) -> dict:
     else:
         classifier = None
         # Built before any image is generated: a missing CLIP folder fails in seconds, naming the parameter.
-        target_detector = build_detector(ev.detector, root, device=params.model.device)
+        target_detector = build_detector(ev.detector, root, device=params.model.device,
+                                         clip_dir=params.model.clip_dir)
         preserve_prompts = list(dict.fromkeys(r["prompt"] for r in preserve))[: ev.max_prompts]
     # The attacks use evaluate.detector; on SD (and on the world with kind world) that is the target detector.
     if world and ev.detector.kind != "world":
-        detector = build_detector(ev.detector, root, params.world.classifier_dir, concept.detect, params.model.device)
+        detector = build_detector(ev.detector, root, params.world.classifier_dir, concept.detect, params.model.device,
+                                  clip_dir=params.model.clip_dir)
     else:
         detector = target_detector
     all_prompts = target + preserve_prompts

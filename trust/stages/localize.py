@@ -49,14 +49,17 @@ def heatmap(mask: dict[str, torch.Tensor], path: Path, title: str) -> None:
 
 def make_scorer(params: Params, root: Path, parts, data: ForgetData) -> Scorer:
     """The configured concept scorer (localize.scorer), with what it needs loaded from params."""
-    loc, classifier = params.localize, None
+    loc, classifier, clip = params.localize, None, None
     if loc.scorer == "classifier":
         from trust.world.classifier import ConceptClassifier
 
         classifier = ConceptClassifier.load(paths.base_model(params.world.classifier_dir, root))
-    if loc.scorer == "clip" and loc.clip_path is not None and not loc.clip_path.is_absolute():
-        loc = loc.model_copy(update={"clip_path": root / loc.clip_path})
-    return build_scorer(loc, parts, data, classifier=classifier, detect=params.concept.detect)
+    if loc.scorer == "clip":
+        from trust.models.clip import load_clip
+
+        clip_dir = params.model.clip_dir
+        clip = load_clip(None if clip_dir is None else paths.base_model(clip_dir, root), params.model.device)
+    return build_scorer(loc, parts, data, classifier=classifier, detect=params.concept.detect, clip=clip)
 
 
 def run(params: Params, root: Path) -> dict:

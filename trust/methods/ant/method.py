@@ -1,5 +1,5 @@
 """ANT ("Set You Straight", Li, Lu, Ren, Kong): trajectory-aware fine-tuning under an
-augmentation-enhanced saliency mask (docs/METHODS.md, section ANT; the paper, not its code).
+augmentation-enhanced saliency mask (docs/methods.md, section ANT; the paper, not its code).
 
 Loss (paper Eq. 3), with delta(c) = eps*(x_t,t,c) - eps*(x_t,t,empty) from the frozen model:
 

@@ -1,4 +1,4 @@
-"""TRUST: dynamic concept-neuron localisation + selective fine-tuning (METHODS.md).
+"""TRUST: dynamic concept-neuron localisation + selective fine-tuning (docs/methods.md).
 
 Only the masked rows of the cross-attention projections change: every other parameter has
 requires_grad=False, gradients are multiplied by the mask, and Adam moments of rows that

@@ -1,0 +1,5 @@
+"""`python -m trust.cli ...`, the same as the installed `trust` script."""
+
+from trust.cli import main
+
+main()

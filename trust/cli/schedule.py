@@ -1,0 +1,98 @@
+"""`trust reerase` and `trust schedule`: periodic re-erasure of the production model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from trust.cli.app import PARAMS_OPT, _fail, _params, app, console, err
+
+GATE_FAILED_EXIT = 3
+
+
+def check_cron(cron: str) -> str:
+    """Prefect's own cron validation, so a bad expression fails here and not in the server."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=cron)
+    except ValidationError as e:
+        why = "; ".join(x["msg"].removeprefix("Value error, ") for x in e.errors())
+        _fail(f"--cron {cron!r}: not a valid cron expression ({why}); e.g. '0 3 * * 1' (Mondays 03:00)")
+    return cron
+
+
+@app.command("reerase")
+def reerase_cmd(
+    params: Path = PARAMS_OPT,
+    model: str = typer.Option(None, "--model", help="MODEL@ALIAS or MODEL/VERSION to check "
+                                                     "(default: <register.model_name>@production)"),
+) -> None:
+    """Run the `reerase` flow once: re-check the production model, re-erase it if it leaks.
+
+    Exit 0: still erased, or re-erased and promoted; 3: a new version was registered but
+    failed a gate (production unchanged); 2: invalid params or no such registered model.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from trust.models import ModelLoadError
+    from trust.registry import RegistryError
+
+    _params(params)
+    from flows.reerase import reerase
+
+    try:
+        summary = reerase(str(params.resolve()), str(Path.cwd()), model)
+    except (RegistryError, ModelLoadError, MlflowException, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"checked {summary['checked']}: leak rate {summary['leak_rate']:.3f} (target rate "
+                  f"{summary['target_rate']:.3f}, attacks {summary['asr'] or '-'}; gate {summary['gate']})",
+                  soft_wrap=True, markup=False)
+    if summary.get("new_version"):
+        console.print(f"new version {summary['new_version']} ({', '.join(summary['aliases'])}), target rate "
+                      f"{summary['new_target_rate']:.3f}; added prompts: {summary['successful_prompts']}",
+                      soft_wrap=True, markup=False)
+    console.print(f"{summary['status']}; workspace {summary['workspace']}", soft_wrap=True, markup=False)
+    if summary.get("new_version") and not summary["promoted"]:
+        err.print(f"gate(s) failed: {', '.join(summary['failed_gates'])}; production unchanged",
+                  style="red", soft_wrap=True, markup=False)
+        raise typer.Exit(GATE_FAILED_EXIT)
+
+@app.command("schedule")
+def schedule_cmd(
+    cron: str = typer.Option(..., "--cron", help="cron expression, e.g. '0 3 * * 1' (Mondays 03:00)"),
+    params: Path = PARAMS_OPT,
+    name: str = typer.Option(None, "--name", help="deployment name (default: register.model_name)"),
+    timezone: str = typer.Option("UTC", "--timezone", help="time zone of the cron expression"),
+    model: str = typer.Option(None, "--model", help="MODEL@ALIAS to check (default <model_name>@production)"),
+) -> None:
+    """Create the `reerase/<name>` deployment with this cron schedule and serve it (blocks).
+
+    Ctrl-C stops serving and pauses the schedule. Uses the Prefect server at PREFECT_API_URL
+    when set (`prefect server start`); otherwise a temporary one that lives with this command.
+    """
+    p = _params(params)
+    check_cron(cron)
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.reerase import reerase
+
+    name = name or p.registry.model_name
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        console.print(f"Prefect API: {api}", soft_wrap=True, markup=False)
+    else:
+        err.print("PREFECT_API_URL is not set: using a temporary local Prefect server that lives only as long "
+                  "as this command; for a lasting schedule run `prefect server start` and set "
+                  "PREFECT_API_URL=http://127.0.0.1:4200/api", style="yellow", soft_wrap=True, markup=False)
+    parameters = {"params_path": str(params.resolve()), "root": str(Path.cwd()), "model_ref": model}
+    console.print(f"deployment reerase/{name}: cron '{cron}' ({timezone}); trigger one run with "
+                  f"`prefect deployment run reerase/{name}`", soft_wrap=True, markup=False)
+    reerase.serve(name=name, schedule=CronSchedule(cron=cron, timezone=timezone), parameters=parameters,
+                  tags=["trust", "reerase"], description=f"periodic re-erasure of {model or name + '@production'}",
+                  entrypoint_type=EntrypointType.MODULE_PATH)
