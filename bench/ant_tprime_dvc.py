@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # ANT's single-concept settings on the world (bench/lib/methods.py ANT_RUNS, bench/results/tries/ant_tuning.md).
-# The method section is replaced whole (a dict value), so none of params.yaml's TRUST knobs is left in it.
-ANT_SETTINGS = ("finetune.method={name:ant,scope:attn2,gamma:1e-7}", "finetune.lr=0.005",
+# The method section is replaced whole (deleted, then added: Hydra would merge a dict into it and keep
+# params.yaml's TRUST knobs, which ANT does not have).
+ANT_SETTINGS = ("~finetune.method", "+finetune.method={name:ant,scope:attn2,gamma:1e-7}", "finetune.lr=0.005",
                 "finetune.preserve_weight=30", "finetune.steps=150", "evaluate.attacks.run=[]")
 
 
@@ -62,10 +63,12 @@ def overrides(extra: list[str]) -> list[str]:
 def queue_and_run(project: Path, splits: list[int], extra: list[str]) -> None:
     sets = overrides(extra)
     for k in splits:
-        args = ["exp", "run", "evaluate", "--queue", "-n", f"tprime-{k}", "-S", f"++finetune.method.split_step={k}"]
+        args = ["exp", "run", "evaluate", "--queue", "-n", f"tprime-{k}"]
         for s in sets:
-            # '++': set the key whether or not the params file spells it out (ANT's knobs are defaults)
-            args += ["-S", f"++{s}"]
+            # '++': set the key whether or not the params file spells it out (ANT's knobs are defaults);
+            # an item that says how itself ('~' delete, '+' add) is passed as it is
+            args += ["-S", s if s[0] in "~+" else f"++{s}"]
+        args += ["-S", f"++finetune.method.split_step={k}"]  # after the method section is in place
         dvc(project, *args)
     dvc(project, "exp", "run", "--run-all")
 
