@@ -56,11 +56,12 @@ def test_serial_by_default():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """An existing Dask cluster (2 worker processes) reached by address, as with evaluate.dask_address."""
-    from distributed import LocalCluster
+    """An existing Dask cluster (2 worker processes) reached by address, as with evaluate.dask_address:
+    the LocalCluster `evaluate.distributed` starts by itself (workers forked from a forkserver)."""
+    from trust.generation.dask_runner import dask_client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
-        yield c.scheduler_address
+    with dask_client(GenerationSettings(distributed=True, workers=2)) as client:
+        yield client.scheduler.address
 
 
 SEEDS = [11, 12, 13, 14, 15]

@@ -8,6 +8,10 @@ of this process with `GenerationSettings.processes` false), or the existing Dask
 and checks its fingerprint (trust/generation/worker.py); no module is ever pickled, only the
 ModelSource dict, prompts, seeds and the resulting image tensors travel.
 
+Worker processes are forked from a forkserver (where the platform has one) that imports torch
+and trust once: two workers spawned afresh would each import them, which on a machine with few
+cores doubles the start-up, and spawned workers are slower to shut down.
+
 A shard that fails for a transient reason (a worker's I/O, a lost connection) is sent again
 once; a model mismatch or bad input is a verdict and raised at once. Dask reschedules the tasks
 of a worker that dies by itself.
@@ -16,6 +20,7 @@ of a worker that dies by itself.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import uuid
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
@@ -34,19 +39,52 @@ PRELOAD = "trust.generation.worker"
 
 
 @contextmanager
+def _forked_workers() -> Iterator[None]:
+    """While open, Dask's nannies start worker processes from a forkserver that has imported PRELOAD.
+
+    The forkserver is a fresh single-threaded interpreter (unlike this process, which may run
+    torch's thread pool and Dask's event loop thread), so forking from it is safe; it starts with
+    the first worker and serves every later LocalCluster of this process.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        yield
+        return
+    import dask
+    from distributed.utils import get_mp_context
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        get_mp_context()  # sets distributed's own preload list once per process; ours replaces it below
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", PRELOAD])
+        yield
+
+
+@contextmanager
 def dask_client(settings: GenerationSettings) -> Iterator["distributed.Client"]:  # noqa: F821
     """A Dask client for `settings`: the scheduler at `dask_address`, else a LocalCluster of
     `workers` single-threaded workers (processes or threads), shut down on exit."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if settings.dask_address:
         with Client(settings.dask_address, set_as_default=False) as client:
             yield client
         return
-    kwargs = {"preload": [PRELOAD]} if settings.processes else {}
-    # No dashboard (nothing watches it, and it costs start-up and a port); only warnings logged.
+    if not settings.processes:
+        with _local_client(settings) as client:
+            yield client
+        return
+    with _forked_workers(), _local_client(settings, preload=[PRELOAD]) as client:
+        yield client
+
+
+@contextmanager
+def _local_client(settings: GenerationSettings, **worker_kwargs) -> Iterator["distributed.Client"]:  # noqa: F821
+    from distributed import Client, LocalCluster
+
+    # No dashboard (nothing watches it, and it costs start-up); the scheduler's HTTP server (health,
+    # metrics) on a free port rather than 8787, which another cluster may hold. Only warnings logged.
     with LocalCluster(n_workers=settings.workers, threads_per_worker=1, processes=settings.processes,
-                      dashboard_address=None, silence_logs=logging.WARNING, **kwargs) as cluster, \
+                      dashboard_address=None, scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
+                      silence_logs=logging.WARNING, **worker_kwargs) as cluster, \
             Client(cluster, set_as_default=False) as client:
         yield client
 
