@@ -28,6 +28,7 @@ from prefect.runtime import flow_run as prefect_flow_run
 from tasks import reerase as t
 from trust import tracking
 from trust.config import load_params
+from trust.reerase import derive_params
 from trust.utils.safetensors_io import write_json
 
 STILL_ERASED = "still erased"
@@ -105,8 +106,8 @@ def _reerase(prod: dict, check: dict, params, params_file: Path, root: Path, ws:
     try:
         # evaluate + register: against the ORIGINAL base (preservation never drifts across re-erasures);
         # localize + finetune: from the production model.
-        t.derive_params(params, root, erase / "params.yaml", Path(prod["base_model"]), added)
-        t.derive_params(params, root, erase / "params.finetune.yaml", model_dir, added)
+        derive_params(params, root, erase / "params.yaml", Path(prod["base_model"]), added)
+        derive_params(params, root, erase / "params.finetune.yaml", model_dir, added)
         t.erase_prompts(str(erase / "params.yaml"), str(erase), added)
         t.stage("localize", str(erase / "params.finetune.yaml"), str(erase))
         t.stage("finetune", str(erase / "params.finetune.yaml"), str(erase))

@@ -1,8 +1,10 @@
-"""Sharded generation (trust/generation, tasks/generation.py): a Prefect flow on a Dask
-LocalCluster of 2 worker processes, each loading a tiny SD model (+ a weights delta) from its
-folder, gives exactly the images of serial generation; a wrong fingerprint is refused."""
+"""Sharded generation (trust/generation, dask_runner.py): plain Dask workers (2 worker processes
+of a LocalCluster reached by address, or thread workers), each loading a tiny SD model (+ a
+weights delta) from its folder, give exactly the images of serial generation; a wrong
+fingerprint is refused, a transient failure is retried once."""
 
 import copy
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 import torch
@@ -34,8 +36,6 @@ def model(tmp_path_factory, world_tokenizer):
 def _env(monkeypatch):
     # Dask worker processes inherit the environment: one torch thread each on the shared cores.
     monkeypatch.setenv("TRUST_NUM_THREADS", "1")
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    monkeypatch.setenv("PREFECT_LOGGING_TO_API_ENABLED", "false")
 
 
 def test_shards_cover_the_lists_in_order():
@@ -56,11 +56,12 @@ def test_serial_by_default():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """An existing Dask cluster (2 worker processes) reached by address, as with evaluate.dask_address."""
-    from distributed import LocalCluster
+    """An existing Dask cluster (2 worker processes) reached by address, as with evaluate.dask_address:
+    the LocalCluster `evaluate.distributed` starts by itself (workers forked from a forkserver)."""
+    from trust.generation.dask_runner import dask_client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
-        yield c.scheduler_address
+    with dask_client(GenerationSettings(distributed=True, workers=2)) as client:
+        yield client.scheduler.address
 
 
 SEEDS = [11, 12, 13, 14, 15]
@@ -101,3 +102,42 @@ def test_wrong_fingerprint_is_refused(model, cluster):
         generate_images(PROMPTS[:3], SEEDS[:3], 3, 4.0, settings, source=wrong)
     with pytest.raises(ModelMismatchError):
         generate_images(PROMPTS[:1], SEEDS[:1], 3, 4.0, SERIAL, source=wrong)
+
+
+class FlakyExecutor:
+    """A thread pool whose first `fail` submissions fail with `error` instead of running."""
+
+    def __init__(self, pool: ThreadPoolExecutor, error: Exception, fail: int = 1):
+        self.pool, self.error, self.fail, self.submitted = pool, error, fail, 0
+
+    def submit(self, fn, *args):
+        self.submitted += 1
+        if self.submitted <= self.fail:
+            f = Future()
+            f.set_exception(self.error)
+            return f
+        return self.pool.submit(fn, *args)
+
+
+def test_transient_failure_is_retried_once(model):
+    parts, folder, base_fp = model
+    source, settings = ModelSource.of(folder / "base", base_fp), GenerationSettings(distributed=True, shard_size=2)
+    want = generate_images(PROMPTS, SEEDS, 3, 4.0, SERIAL, parts=parts)
+    with ThreadPoolExecutor(2) as pool:
+        flaky = FlakyExecutor(pool, OSError("connection reset"))
+        assert torch.equal(generate_images(PROMPTS, SEEDS, 3, 4.0, settings, source=source, executor=flaky), want)
+        assert flaky.submitted == 3 + 1  # 3 shards, the failed one once more
+        twice = FlakyExecutor(pool, OSError("connection reset"), fail=4)  # the 3 first tries and shard 0's retry
+        with pytest.raises(OSError, match="connection reset"):
+            generate_images(PROMPTS, SEEDS, 3, 4.0, settings, source=source, executor=twice)
+
+
+def test_model_mismatch_is_not_retried(model):
+    _, folder, base_fp = model
+    settings = GenerationSettings(distributed=True, shard_size=2)
+    with ThreadPoolExecutor(1) as pool:
+        flaky = FlakyExecutor(pool, ModelMismatchError("wrong model"))
+        with pytest.raises(ModelMismatchError, match="wrong model"):
+            generate_images(PROMPTS, SEEDS, 3, 4.0, settings, source=ModelSource.of(folder / "base", base_fp),
+                            executor=flaky)
+        assert flaky.submitted == 3  # every shard once, none again

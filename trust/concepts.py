@@ -61,7 +61,9 @@ def paraphrase(prompt: str, rng: np.random.Generator) -> str:
     return fix_articles(out)
 
 
-def _anchor(concept: ConceptParams, slots: dict[str, str], rng: np.random.Generator) -> str:
+def anchor_for(concept: ConceptParams, slots: dict[str, str], rng: np.random.Generator) -> str:
+    """The concept's anchor prompt for a target prompt with these slot values; a slot the
+    prompt does not fill gets a random value (from `rng`)."""
     fill = {n: slots.get(n) or SLOT_VALUES[n][rng.integers(len(SLOT_VALUES[n]))] for n in slots_of(concept.anchor)}
     return fix_articles(concept.anchor.format(**fill))
 
@@ -74,7 +76,7 @@ def build_prompt_sets(concept: ConceptParams, cfg: PromptsParams) -> dict:
         for prompt, slots in expand(template):
             variants = [prompt] + ([paraphrase(prompt, rng)] if cfg.paraphrases else [])
             for v in dict.fromkeys(variants):
-                target.append({"prompt": v, "anchor": _anchor(concept, slots, rng), "labels": labels_of(v)})
+                target.append({"prompt": v, "anchor": anchor_for(concept, slots, rng), "labels": labels_of(v)})
     preserve = [
         {"prompt": p, "anchor": None, "labels": labels_of(p)} for t in concept.preserve for p, _ in expand(t)
     ]

@@ -227,6 +227,14 @@ def start_child_run(name: str, tags: dict[str, str]) -> mlflow.ActiveRun:
 
 
 @contextmanager
+def group_run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """A run under the flow's parent run that groups stage runs (e.g. a production check's
+    prompts + evaluate): FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises."""
+    with _ended(start_child_run(name, tags)) as run:
+        yield run
+
+
+@contextmanager
 def stage_run(stage: str, section: dict, root: Path, base_fingerprint: str | None = None) -> Iterator[StageRun]:
     """One stage's run, nested under `TRUST_PARENT_RUN_ID` when set, else standalone.
 

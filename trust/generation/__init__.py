@@ -1,5 +1,5 @@
 """Image generation at scale: (prompt, seed) lists cut into shards, sampled serially or fanned
-out over Dask workers by a Prefect flow (tasks/generation.py), reassembled in order.
+out over Dask workers (trust/generation/dask_runner.py, plain dask.distributed), reassembled in order.
 
 Every image's starting noise comes from its own seed (trust/sampling.py), and a shard of
 `shard_size` images is sampled as one batch in both paths, so the serial and the distributed
@@ -13,6 +13,7 @@ caller expects (`ModelMismatchError` otherwise).
 from __future__ import annotations
 
 import os
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ __all__ = ["GenerationSettings", "ModelMismatchError", "ModelSource", "generate_
 @dataclass(frozen=True)
 class GenerationSettings:
     """How to generate: in this process (`distributed` false) or over Dask (a LocalCluster of
-    `workers` single-threaded processes, or the scheduler at `dask_address`)."""
+    `workers` single-threaded processes, or the scheduler at `dask_address`; see dask_runner)."""
 
     distributed: bool = False
     dask_address: str | None = None
@@ -79,13 +80,14 @@ def generate_images(
     settings: GenerationSettings = GenerationSettings(),
     parts: DiffusionParts | None = None,
     source: ModelSource | None = None,
+    executor: Executor | None = None,
 ) -> torch.Tensor:
     """Images (N, 3, H, W) in [-1, 1], image i from prompts[i] and seeds[i].
 
     Serial (settings.distributed false): sampled from `parts` in this process, in batches of
     `shard_size` (loaded from `source` if `parts` is None). Distributed: shards of `shard_size`
-    pairs sampled by Dask workers that load `source`; the result lands on `parts`' device (CPU
-    without `parts`).
+    pairs sampled by Dask workers that load `source` (or by `executor`, e.g. a Dask Client the
+    caller already holds); the result lands on `parts`' device (CPU without `parts`).
     """
     if not settings.distributed:
         from trust.sampling import generate
@@ -98,7 +100,7 @@ def generate_images(
     if source is None:
         raise ValueError("distributed generation needs a ModelSource (model folder, delta, fingerprint): workers "
                          "load the model themselves")
-    from tasks.generation import run_sharded
+    from trust.generation.dask_runner import run_sharded  # imports distributed only when used
 
-    images = run_sharded(source, prompts, seeds, steps, guidance, settings)
+    images = run_sharded(source, prompts, seeds, steps, guidance, settings, executor)
     return images.to(parts.unet.device) if parts is not None else images

@@ -1,0 +1,27 @@
+"""Re-erasure of a registered production model, as plain library functions.
+
+The `reerase` flow (flows/reerase.py, Prefect tasks in tasks/reerase.py) strings these together:
+
+- production.py: pin `MODEL@ALIAS` and check its package against the manifest; rebuild it as a
+  model folder; compose the new delta with the production one against the ORIGINAL base.
+- check.py: re-evaluate the production model with the current prompt and attack sets; its leak rate.
+- params.py: the params.yaml a workspace stage runs with (paths absolute, another base model,
+  successful prompts added to the forget prompts).
+- prompts.py: the evaluate stage's successful prompts; forcing them into the forget set.
+- stages.py: library stages (`trust.stages.<stage>.run`) run in a workspace folder.
+- register.py: package, lineage (naming the parent version) and registration of the new version.
+
+Everything works in a workspace folder given by the caller; nothing here touches the project's
+own DVC outputs, and nothing imports Prefect.
+"""
+
+from trust.reerase.check import check_production, leak_rate
+from trust.reerase.params import derive_params
+from trust.reerase.production import DELTA_FROM_PARENT, compose_delta, materialise, resolve_production
+from trust.reerase.prompts import SUCCESSFUL, force_prompts, successful_prompts
+from trust.reerase.register import PARENT_TAG, register
+from trust.reerase.stages import erase_prompts, run_stage, stage_summary
+
+__all__ = ["DELTA_FROM_PARENT", "PARENT_TAG", "SUCCESSFUL", "check_production", "compose_delta", "derive_params",
+           "erase_prompts", "force_prompts", "leak_rate", "materialise", "register", "resolve_production", "run_stage",
+           "stage_summary", "successful_prompts"]
