@@ -5,21 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel
-
-from trust.config import Params, load_params
-
-
-def _absolute(model: BaseModel, root: Path) -> BaseModel:
-    """Every relative Path field (model.base, world.*_dir, attack sets, ...) made absolute against `root`."""
-    updates = {}
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            updates[name] = _absolute(value, root)
-        elif isinstance(value, Path) and not value.is_absolute():
-            updates[name] = (root / value).resolve()
-    return model.model_copy(update=updates)
+from trust.config import Params, _absolute, load_params
 
 
 def _template(prompt: str) -> str:
@@ -34,7 +20,8 @@ def derive_params(params: Params, root: Path, path: Path, base: Path, add_target
     `model.base` becomes `base` (the model the stage starts from) and `add_targets` are added
     to the concept's target (forget) prompts as literal prompts.
     """
-    p = _absolute(params, root)
+    p = params.model_copy(deep=True)
+    _absolute(p, root)  # already absolute when loaded by load_params; a Params built in code may not be
     concept = p.concept.model_copy(update={"target": list(dict.fromkeys(
         [*p.concept.target, *(_template(t) for t in add_targets)]))})
     p = p.model_copy(update={"model": p.model.model_copy(update={"base": Path(base).resolve()}), "concept": concept})
