@@ -33,11 +33,12 @@ STOP = True  # what a check returns to end training early
 @dataclass
 class Resources:
     """What some methods need beyond the prompt data: TRUST's `classifier` scorer uses the world
-    classifier and the concept's detector labels; `scorer`, a ready concept scorer, replaces the one
+    classifier and the concept's detector labels, its `clip` scorer a loaded CLIP; `scorer`, a ready concept scorer, replaces the one
     TRUST would build from `localize` (a caller that already has one, a test's spy)."""
 
     classifier: torch.nn.Module | None = None
     detect: dict[str, str] | None = None
+    clip: object | None = None  # trust.models.clip.Clip
     scorer: object | None = None
 
 

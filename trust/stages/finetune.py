@@ -22,7 +22,7 @@ from trust.config import Params
 from trust.delta import save_delta
 from trust.methods.data import ForgetData
 from trust.methods.data import preserve_data as build_preserve_data
-from trust.methods.loop import Resources, build_method, train
+from trust.methods.loop import build_method, train
 from trust.models import load_model
 from trust.stages import localize, paths, prompts
 from trust.tracking import stage_run
@@ -73,16 +73,6 @@ def preserve_data(parts, rows: list[dict], ft) -> ForgetData:
     return build_preserve_data(parts, rows, ft, warn=lambda m: console.print(f"[yellow]{m}"))
 
 
-def resources(params: Params) -> Resources:
-    """What the configured TRUST scorer may need: the world classifier for `localize.scorer: classifier`."""
-    classifier = None
-    if params.localize.scorer == "classifier":
-        from trust.world.classifier import ConceptClassifier
-
-        classifier = ConceptClassifier.load(params.world.classifier_dir)
-    return Resources(classifier=classifier, detect=params.concept.detect)
-
-
 def run(params: Params, root: Path, progress: bool = True) -> dict:
     ft = params.finetune
     torch.manual_seed(ft.seed)
@@ -94,7 +84,7 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
     mask = localize.load_mask(root) if ft.method.starts_from_localize else {}
     data = ForgetData.build(parts, sets["target"]["train"], ft.references, ft.seed)
     method = build_method(parts, data, ft, params.localize, keep=lambda: preserve_data(parts, sets["preserve"]["train"], ft),
-                          initial_mask=mask or None, resources=resources(params))
+                          initial_mask=mask or None, resources=localize.scorer_resources(params))
 
     ckpt_dir = root / paths.FINETUNE_CHECKPOINTS
     digest = _digest(params, fingerprint, sets, mask)

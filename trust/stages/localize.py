@@ -12,6 +12,7 @@ import torch
 
 from trust.config import Params
 from trust.methods.data import ForgetData
+from trust.methods.loop import Resources
 from trust.methods.saliency import cross_attention_params, mask_size
 from trust.methods.scorers import Scorer, build_scorer
 from trust.models import load_model
@@ -47,19 +48,25 @@ def heatmap(mask: dict[str, torch.Tensor], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def make_scorer(params: Params, root: Path, parts, data: ForgetData) -> Scorer:
-    """The configured concept scorer (localize.scorer), with what it needs loaded from params."""
+def scorer_resources(params: Params) -> Resources:
+    """What the configured concept scorer (localize.scorer) needs, loaded from params: the world
+    classifier (`classifier`), a local CLIP (`clip`). Paths are resolved at load_params."""
     loc, classifier, clip = params.localize, None, None
     if loc.scorer == "classifier":
         from trust.world.classifier import ConceptClassifier
 
-        classifier = ConceptClassifier.load(paths.base_model(params.world.classifier_dir, root))
+        classifier = ConceptClassifier.load(params.world.classifier_dir)
     if loc.scorer == "clip":
         from trust.models.clip import load_clip
 
-        clip_dir = params.model.clip_dir
-        clip = load_clip(None if clip_dir is None else paths.base_model(clip_dir, root), params.model.device)
-    return build_scorer(loc, parts, data, classifier=classifier, detect=params.concept.detect, clip=clip)
+        clip = load_clip(params.model.clip_dir, params.model.device)
+    return Resources(classifier=classifier, detect=params.concept.detect, clip=clip)
+
+
+def make_scorer(params: Params, root: Path, parts, data: ForgetData) -> Scorer:
+    """The configured concept scorer (localize.scorer), with what it needs loaded from params."""
+    res = scorer_resources(params)
+    return build_scorer(params.localize, parts, data, classifier=res.classifier, detect=res.detect, clip=res.clip)
 
 
 def run(params: Params, root: Path) -> dict:

@@ -42,7 +42,7 @@ class TrustMethod(Method):
         res = self.resources
         self.scorer = (res.scorer if res and res.scorer is not None else
                        build_scorer(self.loc, self.parts, self.data, classifier=res.classifier if res else None,
-                                    detect=res.detect if res else None))
+                                    detect=res.detect if res else None, clip=res.clip if res else None))
         if initial_mask is None:  # TRUST's own localisation (the localize stage's work) from the start weights
             initial_mask = self.scorer.mask(self.parts.unet, self.parts.unet, self.params, self.loc.seed, 0, 0)
         missing = set(self.params) ^ set(initial_mask)
