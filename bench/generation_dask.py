@@ -16,6 +16,12 @@ shards are the serial path's batches. Prompts are the world's canonical evaluati
 `evaluate.seed * 1_000_003 + i`; steps, guidance and shard size are evaluate's (20, 4.0, 64 in the
 shipped params.yaml).
 
+What it found on 2 shared cores: the workers first ran each shard at half the serial speed (16.6 s
+vs 8.1 s a shard; speed-up 0.88x) because Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536,
+which makes torch's many small CPU allocations go back to the OS; dask_runner now starts them without
+it (8.9 s a shard, speed-up 1.65x with start-up included). Spawned workers importing torch each took
+~2x the start-up of workers forked from one forkserver.
+
 Writes OUT/generation_dask.{json,md}: both wall-clocks, the speed-up (serial / distributed) and
 the start-up seconds. Exit 1 when the images differ. The machine's load average is recorded too:
 on shared cores other work slows either run.
