@@ -19,8 +19,9 @@ shipped params.yaml).
 What it found on 2 shared cores: the workers first ran each shard at half the serial speed (16.6 s
 vs 8.1 s a shard; speed-up 0.88x) because Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536,
 which makes torch's many small CPU allocations go back to the OS; dask_runner now starts them without
-it (8.9 s a shard, speed-up 1.65x with start-up included). Spawned workers importing torch each took
-~2x the start-up of workers forked from one forkserver.
+it (8.9 s a shard, speed-up 1.65x with start-up included). Workers forked from one forkserver that
+imported torch start in 5.6-6.2 s and stop at once; spawned workers, each importing torch, took
+6.3-7.4 s (16 s on a busy machine, vs 9 s) and 1.7 s to stop.
 
 Writes OUT/generation_dask.{json,md}: both wall-clocks, the speed-up (serial / distributed) and
 the start-up seconds. Exit 1 when the images differ. The machine's load average is recorded too:
