@@ -16,6 +16,13 @@ shards are the serial path's batches. Prompts are the world's canonical evaluati
 `evaluate.seed * 1_000_003 + i`; steps, guidance and shard size are evaluate's (20, 4.0, 64 in the
 shipped params.yaml).
 
+What it found on 2 shared cores: the workers first ran each shard at half the serial speed (16.6 s
+vs 8.1 s a shard; speed-up 0.88x) because Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536,
+which makes torch's many small CPU allocations go back to the OS; dask_runner now starts them without
+it (8.9 s a shard, speed-up 1.65x with start-up included). Workers forked from one forkserver that
+imported torch start in 5.6-6.2 s and stop at once; spawned workers, each importing torch, took
+6.3-7.4 s (16 s on a busy machine, vs 9 s) and 1.7 s to stop.
+
 Writes OUT/generation_dask.{json,md}: both wall-clocks, the speed-up (serial / distributed) and
 the start-up seconds. Exit 1 when the images differ. The machine's load average is recorded too:
 on shared cores other work slows either run.
@@ -66,8 +73,11 @@ def run_serial(model: Path, prompts: list[str], seeds: list[int], steps: int, gu
 
 
 def run_distributed(model: Path, fingerprint: str, prompts: list[str], seeds: list[int], steps: int, guidance: float,
-                    shard_size: int, workers: int, processes: bool) -> tuple[object, float, float]:
-    """(images, seconds in all, start-up seconds): a fresh LocalCluster, then one task per shard."""
+                    shard_size: int, workers: int, processes: bool) -> tuple[object, float, float, list[dict]]:
+    """(images, seconds in all, start-up seconds, per-shard worker timings): a fresh LocalCluster,
+    then one task per shard."""
+    from distributed import get_task_stream
+
     from trust.generation import GenerationSettings, ModelSource, generate_images
     from trust.generation.dask_runner import dask_client
 
@@ -76,9 +86,23 @@ def run_distributed(model: Path, fingerprint: str, prompts: list[str], seeds: li
     with dask_client(settings) as client:
         client.wait_for_workers(workers)
         startup = time.perf_counter() - t
-        images = generate_images(prompts, seeds, steps, guidance, settings, source=ModelSource.of(model, fingerprint),
-                                 executor=client)
-        return images, time.perf_counter() - t, startup
+        with get_task_stream(client) as stream:
+            images = generate_images(prompts, seeds, steps, guidance, settings,
+                                     source=ModelSource.of(model, fingerprint), executor=client)
+        total = time.perf_counter() - t
+    return images, total, startup, shard_timings(stream.data)
+
+
+def shard_timings(stream: list[dict]) -> list[dict]:
+    """Which worker computed each shard task and for how long (the first includes loading the model there)."""
+    out = []
+    for task in stream:
+        compute = [s for s in task.get("startstops", ()) if s.get("action") == "compute"]
+        if compute:
+            out.append({"key": str(task["key"]), "worker": str(task.get("worker")),
+                        "start": compute[0]["start"], "seconds": sum(s["stop"] - s["start"] for s in compute)})
+    t0 = min((r["start"] for r in out), default=0.0)
+    return [r | {"start": r["start"] - t0} for r in sorted(out, key=lambda r: r["start"])]
 
 
 def write_markdown(result: dict, path: Path) -> None:
@@ -98,6 +122,10 @@ def write_markdown(result: dict, path: Path) -> None:
         "",
         f"**Speed-up (serial / distributed): {r['ratio']:.2f}x** with {s['workers']} workers; "
         f"images identical (torch.equal): {'yes' if r['identical'] else 'NO'}.",
+        "",
+        f"Seconds per shard: {r['serial_shard_mean_s']:.1f} serially, {r['worker_shard_mean_s']:.1f} on a worker "
+        f"(mean over {len(r['worker_shards'])} tasks; with {s['workers']} workers busy at once). A worker's shard "
+        "slower than a serial one means the workers did not get a core each.",
         "",
         f"Machine: {r['machine']['cpus']} CPUs, load average {r['machine']['loadavg_before']} before and "
         f"{r['machine']['loadavg_after']} after (cores shared with other work); torch {r['machine']['torch']}, "
@@ -140,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     serial, serial_s = run_serial(model, prompts, seeds, steps, guidance, shard_size)
     print(f"serial: {serial_s:.1f} s", flush=True)
-    dist, dist_s, startup_s = run_distributed(model, fingerprint, prompts, seeds, steps, guidance, shard_size,
+    dist, dist_s, startup_s, timings = run_distributed(model, fingerprint, prompts, seeds, steps, guidance, shard_size,
                                               args.workers, processes=not args.thread_workers)
     print(f"distributed ({args.workers} workers): {dist_s:.1f} s, of which start-up {startup_s:.1f} s", flush=True)
     identical = bool(serial.shape == dist.shape and torch.equal(serial, dist))
@@ -152,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         "shards": -(-args.images // shard_size),
         "serial_s": serial_s, "distributed_s": dist_s, "startup_s": startup_s,
         "ratio": serial_s / dist_s,  # speed-up of (b) over (a), start-up included
+        "serial_shard_mean_s": serial_s / -(-args.images // shard_size),
+        "worker_shards": timings,
+        "worker_shard_mean_s": sum(r["seconds"] for r in timings) / max(1, len(timings)),
         "identical": identical,
         "machine": {"cpus": os.cpu_count(), "loadavg_before": loadavg_before,
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,

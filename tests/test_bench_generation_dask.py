@@ -27,7 +27,7 @@ def test_generation_dask_smoke(tmp_path, world_tokenizer, monkeypatch):
             "--thread-workers", "--out", str(tmp_path / "out")]
     assert script.main(args) == 0
     result = json.loads((tmp_path / "out" / "generation_dask.json").read_text())
-    assert result["identical"] is True and result["shards"] == 3
+    assert result["identical"] is True and result["shards"] == 3 and len(result["worker_shards"]) == 3
     assert result["ratio"] == result["serial_s"] / result["distributed_s"] > 0
     assert 0 < result["startup_s"] < result["distributed_s"]
     assert result["settings"]["workers"] == 2 and result["settings"]["worker_kind"] == "threads"
