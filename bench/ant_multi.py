@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from trust.models import load_model
     from trust.world.classifier import ConceptClassifier
 
-    params = load_params(a.params)
+    params = load_params(a.params, root=ROOT)
     over = parse_overrides(a.set)[0] if a.set.strip() else {}
     if a.quick:
         over.setdefault("steps", 2)

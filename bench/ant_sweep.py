@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from trust.metrics.detection import detected
     from trust.world.classifier import ConceptClassifier
 
-    params = load_params(a.params)
+    params = load_params(a.params, root=ROOT)
     world = load_model(ROOT / params.world.model_dir)
     clf = ConceptClassifier.load(ROOT / params.world.classifier_dir)
     sets = build_prompt_sets(params.concept, params.prompts)
@@ -172,7 +172,7 @@ def tune(a) -> int:
     from trust.models import load_model
     from trust.world.classifier import ConceptClassifier
 
-    params = load_params(a.params)
+    params = load_params(a.params, root=ROOT)
     world = load_model(ROOT / params.world.model_dir)
     clf = ConceptClassifier.load(ROOT / params.world.classifier_dir)
     sets = parse_overrides(a.tune)
@@ -212,7 +212,7 @@ def tprime(a) -> int:
     from trust.models import load_model
     from trust.world.classifier import ConceptClassifier
 
-    params = load_params(a.params)
+    params = load_params(a.params, root=ROOT)
     world = load_model(ROOT / params.world.model_dir)
     clf = ConceptClassifier.load(ROOT / params.world.classifier_dir)
     base_ov = parse_overrides(a.set)[0] if a.set.strip() else {}

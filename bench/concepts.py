@@ -101,7 +101,7 @@ def run_example(name: str, src: Path, args) -> dict:
         raw.setdefault("evaluate", {}).setdefault("attacks", {})["run"] = []
     apply_overrides(raw, args.set)
     ws = (args.workspace / workspace_name(name, args.set)).resolve()
-    params = load_params(prepare_workspace(ws, raw))
+    params = load_params(prepare_workspace(ws, raw), root=ws)  # the stages run in the workspace
     if not params.uses_world:
         raise SystemExit(f"{name}: model.base is not the built-in world; the evaluate stage measures world models only")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{ws / 'mlflow.db'}"

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from trust.config import load_params
     from trust.models import load_model
 
-    params = load_params(args.params)
+    params = load_params(args.params, root=args.params.parent)
     ev = params.evaluate
     model = (args.model or (args.params.parent / params.world.model_dir)).resolve()
     steps, guidance = args.steps or ev.steps, ev.guidance

@@ -153,8 +153,6 @@ def warm_up(tokenizer, runs, ft_for, loc, width: int, norm_groups: int) -> None:
 
 def run_scale(widths, latent: int, batch: int, steps: int, references: int, text_layers: int, norm_groups: int = 32,
               log=print) -> list[dict]:
-    import torch
-
     from trust.config import FinetuneParams, LocalizeParams
     from bench.lib.methods import select_runs
     from trust.methods.saliency import cross_attention_params
@@ -346,12 +344,6 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "memory_scale.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "memory_scale.md").write_text(markdown(result))
-    plot(result, out / "memory_scale.png")
-
 
 def ram_gib() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -393,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
                      "text_layers": a.text_layers, "text_tokens": SD_TOKENS, "norm_groups": norm_groups, "quick": a.quick, "runs": list(RUN_LABELS)},
         "rows": rows, "world": world_ratio(a.world), "sd_v1": sd_size(norm_groups), "seconds": time.perf_counter() - t0,
     }
-    write_results(result, out)
+    from bench.lib.results import write_results
+
+    write_results(result, out, "memory_scale", markdown, plot)
     print((out / "memory_scale.md").read_text())
     return 0
 

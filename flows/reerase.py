@@ -46,7 +46,7 @@ def _threads() -> None:
 
 def new_workspace(root: Path, base: Path) -> Path:
     run_id = str(prefect_flow_run.get_id() or "local")[:8]
-    folder = (base if base.is_absolute() else root / base) / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{run_id}"
+    folder = base / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{run_id}"  # base: resolved at load_params
     folder.mkdir(parents=True, exist_ok=False)
     return folder
 
@@ -56,7 +56,7 @@ def reerase(params_path: str = "params.yaml", root: str = ".", model_ref: str | 
     """Re-check `model_ref` (default `<register.model_name>@production`); re-erase it if it leaks."""
     root_p = Path(root).resolve()
     params_file = (root_p / params_path).resolve()
-    params = load_params(params_file)  # validated before any work
+    params = load_params(params_file, root=root_p)  # validated before any work
     _threads()
     tracking.configure(params.tracking, root_p)
     logger = get_run_logger()

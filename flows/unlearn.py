@@ -22,7 +22,7 @@ def pipeline_stages(uses_world: bool) -> list[str]:
 @flow(name="unlearn", log_prints=True)
 def unlearn(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     root_p = Path(root).resolve()
-    params = load_params(root_p / params_path)  # validated before any work
+    params = load_params(root_p / params_path, root=root_p)  # validated before any work
     tracking.configure(params.tracking, root_p)
     logger = get_run_logger()
     results = []

@@ -102,7 +102,7 @@ from trust import tracking
 from trust.config import load_params
 from trust.stages import evaluate, finetune, localize, prompts, register
 root = Path.cwd()
-p = load_params(root / "params.yaml")
+p = load_params(root / "params.yaml", root=root)
 tracking.configure(p.tracking, root)
 with tracking.flow_run("unlearn", p, root):
     prompts.run(p, root); localize.run(p, root); finetune.run(p, root); evaluate.run(p, root)
@@ -127,9 +127,9 @@ from trust.models import load_model
 from trust.registry import register_version
 from trust.utils.safetensors_io import write_json
 root = Path.cwd()
-p = load_params(root / "params.yaml")
+p = load_params(root / "params.yaml", root=root)
 tracking.configure(p.tracking, root)
-base = p.model.base if p.model.base.is_absolute() else root / p.model.base
+base = p.model.base  # resolved at load_params
 parts = load_model(base)
 state = parts.unet.state_dict()
 pkg = root / ".cache" / "identity-package"

@@ -1,17 +1,11 @@
 """Smoke test of bench/memory_scale.py (peak memory of TRUST vs full fine-tuning by UNet size) in --quick mode."""
 
-import importlib.util
+import importlib
 import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("bench_memory_scale", ROOT / "bench" / "memory_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("bench.memory_scale")  # bench/ is importable from the tests (pyproject pythonpath)
 
 
 def test_memory_scale_quick(tmp_path):

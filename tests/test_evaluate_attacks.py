@@ -28,7 +28,7 @@ def evaluated(tmp_path_factory, root):
                                  "unlearndiffatk": {"steps": 2, "check_every": 1, "reference_tries": 1},
                                  "p4d": {"steps": 2, "check_every": 1},
                                  "ringabell": {"population": 4, "generations": 1}}},
-        "tracking": {"experiment": "t"}})
+        "tracking": {"experiment": "t"}}, context={"root": project})  # relative paths: the project's
     tracking.configure(params.tracking, project)
     prompts.run(params, project)
     # An "erased" model that differs from the base in one tensor: enough to exercise the stage.

@@ -32,7 +32,7 @@ def _params(project, sd_dir, csv, clip_dir=None, **evaluate_updates) -> Params:
     model = {"base": str(sd_dir)} | ({} if clip_dir is None else {"clip_dir": str(clip_dir)})
     return Params.model_validate({"model": model, "concept": CONCEPT,
                                   "prompts": {"paraphrases": False, "eval_fraction": 0.5},
-                                  "evaluate": ev, "tracking": {"experiment": "t"}})
+                                  "evaluate": ev, "tracking": {"experiment": "t"}}, context={"root": project})
 
 
 @pytest.fixture(scope="module")

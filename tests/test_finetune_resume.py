@@ -28,7 +28,7 @@ RUN = {"finetune": {"steps": STEPS, "checkpoint_every": EVERY, "references": 4, 
 
 def _finetune(project, **updates) -> dict:
     edit_params(project, {"finetune": {**RUN["finetune"], **updates}})
-    p = load_params(project / "params.yaml")
+    p = load_params(project / "params.yaml", root=project)
     tracking.configure(p.tracking, project)
     return finetune.run(p, project, progress=False)
 
@@ -36,7 +36,7 @@ def _finetune(project, **updates) -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, root):
     proj = scratch_project(tmp_path_factory.mktemp("resume"), root, RUN, git=False)
-    p = load_params(proj / "params.yaml")
+    p = load_params(proj / "params.yaml", root=proj)
     tracking.configure(p.tracking, proj)
     prompts.run(p, proj)
     localize.run(p, proj)

@@ -26,7 +26,6 @@ attack's gain is measured against the pre-ASR of the SAME prompts it ran on (its
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,7 +38,8 @@ from trust.attacks import AttackTarget, build_attack, load_prompt_set
 from trust.config import Params
 from trust.detectors import WorldDetector
 from trust.metrics.asr import asr_summary
-from bench.lib.methods import METHOD_RUNS, BenchSettings
+from bench.lib.methods import METHOD_RUNS, BenchSettings, Run
+from bench.lib.results import write_results
 from bench.lib.samples import FixedSamples
 from trust.methods.data import ForgetData, preserve_data
 from trust.methods.loop import STOP, Resources, build_method, train
@@ -53,11 +53,10 @@ BASE_PRE_ASR_BAR = 0.9
 
 
 @dataclass
-class AttackRun:
-    label: str
-    method: str | None  # None: the base (unerased) model
-    knobs: dict = field(default_factory=dict)  # the method's own (finetune.method.*)
-    overrides: dict = field(default_factory=dict)  # shared finetune fields
+class AttackRun(Run):
+    """A method benchmark row (its method, knobs and overrides; `method` None: the base, unerased
+    model) with the attack benchmark's step budget."""
+
     steps: int | None = None  # None: finetune.steps (with to_bar: the cap)
     to_bar: bool = False  # stop at the method benchmark's bar
     weak: bool = False  # the weak erasure: steps chosen by the sweep
@@ -123,8 +122,7 @@ def train_run(parts, classifier, params: Params, run: AttackRun, data: ForgetDat
     `to_bar`, training stops at the first check at or under the bar (checked every s.check_every steps,
     check time not counted); `snapshots` holds the UNet state at each step in `snapshot_at`."""
     steps = run.steps or params.finetune.steps
-    ft = params.finetune.updated(method={"name": run.method, **run.knobs}, steps=steps,
-                                 references=s.references or params.finetune.references, **run.overrides)
+    ft = run.finetune(params.finetune, steps=steps, references=s.references or params.finetune.references)
     p = copy.copy(parts)
     p.unet = copy.deepcopy(parts.unet)
     t0 = time.perf_counter()
@@ -155,7 +153,7 @@ def train_run(parts, classifier, params: Params, run: AttackRun, data: ForgetDat
 
 def _prompt_set_pre_asr(params: Params, root: Path, erased, original, detector) -> tuple[float, list[bool]]:
     at = params.evaluate.attacks
-    rows = load_prompt_set(at.prompt_set if at.prompt_set.is_absolute() else root / at.prompt_set)
+    rows = load_prompt_set(at.prompt_set)
     target = AttackTarget(erased, detector, original, steps=params.evaluate.steps)
     res = build_attack("prompt_set", at).run(target, rows)
     hits = [o.detected_no_attack for o in res.outcomes]
@@ -223,7 +221,7 @@ def run_attack_bench(parts, classifier, params: Params, root: Path, runs: list[A
     rows, sweep, t_all = [], [], time.perf_counter()
     for run in tqdm(runs, desc="attack bench", disable=not progress):
         t_row = time.perf_counter()
-        row = {"label": run.label, "method": run.method, "settings": {**run.knobs, **run.overrides}, "weak": run.weak}
+        row = {"label": run.label, "method": run.method, "settings": run.settings(), "weak": run.weak}
         if run.method is None:
             erased = parts
             row.update(steps_run=0, steps_to_bar=None, setup_s=0.0, train_s=0.0, lr=None)
@@ -275,7 +273,7 @@ def run_attack_bench(parts, classifier, params: Params, root: Path, runs: list[A
     }
     result["bars"] = bars(result)
     if out is not None:
-        write_results(result, Path(out))
+        write_results(result, Path(out), "attacks", markdown, plot)
     return result
 
 
@@ -404,12 +402,6 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-def write_results(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "attacks.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "attacks.md").write_text(markdown(result))
-    plot(result, out / "attacks.png")
 
 
 def run_from_params(params_path: Path, out: Path, root: Path, quick: bool = False, max_prompts: int | None = None,

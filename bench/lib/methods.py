@@ -21,13 +21,13 @@ Writes methods.json, methods.md and methods.png (or NAME.*) into `out`.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from bench.lib.results import write_results
 from bench.lib.samples import FixedSamples
 from trust.config import FinetuneParams, Params
 from trust.methods.data import ForgetData, preserve_data
@@ -192,7 +192,7 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
         "runs": rows,
     }
     if out is not None:
-        write_results(result, Path(out), name)
+        write_results(result, Path(out), name, markdown, plot)
     return result
 
 
@@ -267,12 +267,6 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-def write_results(result: dict, out: Path, name: str = "methods") -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / f"{name}.md").write_text(markdown(result))
-    plot(result, out / f"{name}.png")
 
 
 def select_runs(names: str | None) -> list[Run]:

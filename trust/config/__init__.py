@@ -17,6 +17,7 @@ from trust.methods.trust.config import TrustConfig
 from trust.config.base import _refuse_moved, _Strict
 from trust.config.evaluate import (AttackParams, DetectorParams, EvaluateParams, P4DParams, RingABellParams,  # noqa: F401
                                    UnlearnDiffAtkParams)
+from trust.utils.model_kind import KIND_SD, folder_kind
 from trust.world.config import ClassifierTrainConfig, FidelityConfig, WorldTrainConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -275,7 +276,7 @@ class Params(_Strict):
     @model_validator(mode="after")
     def _detector_fits_model(self) -> "Params":
         # Checked here, before any stage runs: the evaluate stage would refuse it only after fine-tuning.
-        is_sd = (self.model.base / "model_index.json").is_file() and not (self.model.base / "trust_model.json").is_file()
+        is_sd = folder_kind(self.model.base) == KIND_SD
         if is_sd and self.evaluate.detector.kind == "world":
             raise ValueError(
                 f"evaluate.detector.kind: 'world' needs the built-in world's classifier, but model.base "

@@ -99,8 +99,8 @@ class EvaluateParams(_Strict):
                           "base images of the same prompts and seeds (the world: against rendered scenes)")
     report: bool = Field(True, description="write outputs/evaluate/report.html")
     distributed: bool = Field(
-        False, description="generate the evaluation images in shards over Dask workers (a Prefect flow with "
-                           "prefect-dask's DaskTaskRunner; each worker loads model.base and the delta from their "
+        False, description="generate the evaluation images in shards over Dask workers (dask.distributed, "
+                           "trust/generation/dask_runner.py; each worker loads model.base and the delta from their "
                            "folders and checks the model fingerprint); false: in this process")
     dask_address: str | None = Field(
         None, description="scheduler of an existing Dask cluster (e.g. tcp://host:8786) whose workers read "

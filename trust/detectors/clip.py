@@ -30,8 +30,7 @@ class ClipZeroShotDetector(Detector):
 
     @classmethod
     def from_params(cls, params, root: Path, *, device: str = "cpu", clip_dir: Path | None = None, **_) -> Detector:
-        folder = None if clip_dir is None else (clip_dir if clip_dir.is_absolute() else root / clip_dir)
-        return cls(folder, params.clip_labels, params.clip_threshold, device)
+        return cls(clip_dir, params.clip_labels, params.clip_threshold, device)
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

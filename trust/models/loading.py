@@ -17,11 +17,10 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from trust.models.errors import ModelLoadError
 from trust.models.identity_vae import IdentityVAE
-from trust.models.parts import KIND_SD, KIND_WORLD, DiffusionParts
+from trust.models.parts import DiffusionParts
+from trust.utils.model_kind import KIND_SD, KIND_WORLD, SD_INDEX, WORLD_INDEX, folder_kind
 from trust.utils.safetensors_io import PICKLE_SUFFIXES, write_json
 
-SD_INDEX = "model_index.json"
-WORLD_INDEX = "trust_model.json"
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "scheduler", "vae")
 WEIGHTED = ("text_encoder", "unet", "vae")
 EXPECTED = (
@@ -45,10 +44,9 @@ def detect_kind(path: Path) -> str:
             f"{path} is a single file; expected {EXPECTED}. For a single-file .safetensors checkpoint run "
             "StableDiffusionPipeline.from_single_file(path).save_pretrained(folder, safe_serialization=True)"
         )
-    if (path / WORLD_INDEX).is_file():
-        return KIND_WORLD
-    if (path / SD_INDEX).is_file():
-        return KIND_SD
+    kind = folder_kind(path)
+    if kind is not None:
+        return kind
     raise ModelLoadError(f"{path} has neither {SD_INDEX} nor {WORLD_INDEX}: it is not a pipeline folder; expected {EXPECTED}")
 
 

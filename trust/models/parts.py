@@ -10,8 +10,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-KIND_SD = "stable-diffusion"
-KIND_WORLD = "world"
+from trust.utils.model_kind import KIND_SD, KIND_WORLD  # noqa: F401 (re-exported; defined in trust/utils/model_kind.py)
 
 
 @dataclass

@@ -75,7 +75,7 @@ def rendered_reference(prompts_rep: list[str], seed: int, size: int) -> torch.Te
 def run_attacks(params: Params, root: Path, erased, original, detector, sets: dict) -> dict:
     """Prompt set + optimisation attacks. Returns {"results": {name: AttackResult}, "base_rate": float}."""
     ev, at = params.evaluate, params.evaluate.attacks
-    rows = load_prompt_set(at.prompt_set if at.prompt_set.is_absolute() else root / at.prompt_set)
+    rows = load_prompt_set(at.prompt_set)
     target = AttackTarget(erased, detector, original, steps=ev.steps)
     results = {"prompt_set": build_attack("prompt_set", at).run(target, rows)}
     # How often the ORIGINAL model shows the concept on the same prompts and seeds (context for pre-ASR).
@@ -146,7 +146,7 @@ def inception_fid(ev, root: Path, base: torch.Tensor, erased: torch.Tensor, refe
                 "reason": "fewer than 2 preservation images: add prompts to concept.preserve or raise "
                           "evaluate.samples_per_prompt"}
     w = ev.inception_weights
-    features = InceptionFeatures(w if w.is_absolute() else root / w)
+    features = InceptionFeatures(w)
     b, e = features(base), features(erased)  # once each: Inception on SD-sized images is the slow part
     out = {"name": "FID (Inception-v3)", "weights": str(features.path), "erased_vs_base": frechet_distance(e, b)}
     if reference is not None:
@@ -165,7 +165,7 @@ def inception_fid(ev, root: Path, base: torch.Tensor, erased: torch.Tensor, refe
 
 def run(params: Params, root: Path) -> dict:
     ev, concept = params.evaluate, params.concept
-    base_dir, delta = paths.base_model(params.model.base, root), root / paths.DELTA
+    base_dir, delta = params.model.base, root / paths.DELTA
     world = detect_kind(base_dir) == KIND_WORLD
     if not world:
         check_sd_settings(params)
@@ -258,8 +258,7 @@ def run(params: Params, root: Path) -> dict:
         # No kept-concept labels on SD: the preservation drop is not measured (FID stands in for it).
         fidelity["preservation_drop_mean"] = None
     if ev.fid_reference is not None and ev.inception_weights is not None:
-        ref_dir = ev.fid_reference if ev.fid_reference.is_absolute() else root / ev.fid_reference
-        reference, reference_name = load_reference_images(ref_dir), f"images in {ev.fid_reference}"
+        reference, reference_name = load_reference_images(ev.fid_reference), f"images in {ev.fid_reference}"
     fidelity["fid"] = inception_fid(ev, root, pres_base, pres_tuned, reference, reference_name)
 
     if world:

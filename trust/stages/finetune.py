@@ -76,7 +76,7 @@ def preserve_data(parts, rows: list[dict], ft) -> ForgetData:
 def run(params: Params, root: Path, progress: bool = True) -> dict:
     ft = params.finetune
     torch.manual_seed(ft.seed)
-    parts = load_model(paths.base_model(params.model.base, root), device=params.model.device)
+    parts = load_model(params.model.base, device=params.model.device)
     fingerprint = parts.fingerprint()
     base_state = {k: v.clone() for k, v in parts.unet.state_dict().items()}
     sets = prompts.load(root)

@@ -71,7 +71,7 @@ def make_scorer(params: Params, root: Path, parts, data: ForgetData) -> Scorer:
 
 def run(params: Params, root: Path) -> dict:
     loc = params.localize
-    parts = load_model(paths.base_model(params.model.base, root), device=params.model.device)
+    parts = load_model(params.model.base, device=params.model.device)
     sets = prompts.load(root)
     data = ForgetData.build(parts, sets["target"]["train"], max(loc.batch_size, 8), loc.seed)
     pars = cross_attention_params(parts.unet, loc.modules)

@@ -14,8 +14,3 @@ METRICS = Path("metrics")
 
 STAGES = ("prompts", "localize", "finetune", "evaluate", "register")
 WORLD_STAGES = ("world_classifier", "world")
-
-
-def base_model(base: Path, root: Path) -> Path:
-    """params.yaml paths are relative to the project root."""
-    return base if base.is_absolute() else root / base

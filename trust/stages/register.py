@@ -55,7 +55,7 @@ def run(params: Params, root: Path) -> dict:
         raise FileNotFoundError(f"{metrics_path} is missing: run `trust evaluate` first")
     metrics = json.loads(metrics_path.read_text())
     _, delta_meta = read_delta(root / paths.DELTA)
-    base = paths.base_model(params.model.base, root)
+    base = params.model.base
     lineage = {
         "base_model": str(params.model.base),
         "base_fingerprint": delta_meta.get("base_fingerprint"),

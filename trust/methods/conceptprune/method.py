@@ -57,7 +57,7 @@ class ConceptPruneMethod(Method):
     @torch.no_grad()
     def input_norms(self, cond: torch.Tensor, seeds: list[int]) -> list[dict[str, torch.Tensor]]:
         """||X|| per input feature of every ff.net.2, for each of the first timesteps of the trajectory."""
-        ft, parts = self.ft, self.parts
+        parts = self.parts
         sched = parts.sampling_scheduler()
         sched.set_timesteps(self.cfg.ddim_steps)
         record = {"on": False, "acc": {}}
