@@ -1,0 +1,87 @@
+"""The one training loop (trust/methods/loop.py) and the per-method finetune config it reads."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from trust.config import FinetuneParams, LocalizeParams
+from trust.methods.data import ForgetData
+from trust.methods.loop import STOP, build_method, train
+from trust.methods.saliency import cross_attention_params
+from trust.methods.trust.method import denoise_saliency
+
+ROWS = [{"prompt": "a red circle", "anchor": "a plain background"},
+        {"prompt": "a blue circle", "anchor": "a striped background"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(world_tokenizer):
+    from tiny_models import tiny_sd_parts
+
+    return tiny_sd_parts(world_tokenizer)
+
+
+def _fresh(parts):
+    p = copy.copy(parts)
+    p.unet = copy.deepcopy(parts.unet)
+    return p
+
+
+def test_trust_builds_the_localize_mask_itself(tiny):
+    """Without a mask handed in, TRUST localises from its start weights exactly as the localize stage does."""
+    p = _fresh(tiny)
+    data = ForgetData.build(p, ROWS, references=4, seed=0)
+    loc = LocalizeParams(batch_size=4, xi=1.0)
+    want = denoise_saliency(p.unet, p.unet, cross_attention_params(p.unet, loc.modules), data, p, loc, loc.seed, 0, 0)
+    method = build_method(p, data, FinetuneParams().updated(batch_size=2), loc)
+    assert set(method.mask) == set(want) and want
+    assert all(torch.equal(method.mask[k], want[k]) for k in want)
+
+
+def test_check_runs_every_k_steps_and_at_the_end_and_can_stop(tiny):
+    p = _fresh(tiny)
+    data = ForgetData.build(p, ROWS, references=4, seed=0)
+    ft = FinetuneParams().updated(method="full", batch_size=2, lr=1e-4)
+    seen = []
+    result = train(build_method(p, data, ft, LocalizeParams()), 5, check=lambda done, so_far: seen.append(done),
+                   check_every=2)
+    assert seen == [2, 4, 5] and result.steps_run == 5 and not result.stopped
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5] and len(result.step_s) == 5
+    stop_at = []
+    result = train(build_method(_fresh(tiny), data, ft, LocalizeParams()), 9,
+                   check=lambda done, so_far: stop_at.append(done) or (STOP if done == 3 else None), check_every=3)
+    assert stop_at == [3] and result.steps_run == 3 and result.stopped
+
+
+def test_finish_fuses_ant_fusion_into_the_unet(tiny):
+    """Through the loop, ANT+fusion's weights reach parts.unet at the end (finish), not before."""
+    p = _fresh(tiny)
+    data = ForgetData.build(p, ROWS, references=4, seed=0)
+    keep = ForgetData.build(p, [{"prompt": "a green cross", "anchor": None}], references=2, seed=1)
+    ft = FinetuneParams().updated(method="ant_fusion", batch_size=2, lr=1e-2, ddim_steps=10, split_step=7,
+                                  lora_rank=2)
+    before = {k: v.clone() for k, v in p.unet.state_dict().items()}
+    touched = []
+
+    def check(done, so_far):  # before the final check the weights are materialised
+        touched.append(any(not torch.equal(v, before[k]) for k, v in p.unet.state_dict().items()))
+
+    train(build_method(p, data, ft, LocalizeParams(), keep=keep), 2, check=check, check_every=100)
+    assert touched == [True]
+    changed = {k for k, v in p.unet.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in changed)
+
+
+def test_method_section_shorthand_and_updates():
+    assert FinetuneParams(method="esd").method == FinetuneParams(method={"name": "esd"}).method
+    assert FinetuneParams(method="esd").method.variant == "x"  # the config's default
+    ft = FinetuneParams(method={"name": "trust", "loss": "csr", "beta": 0.5})
+    same = ft.updated(method={"dynamic": False}, lr=0.01)  # same method: knobs merge
+    assert (same.method.loss, same.method.beta, same.method.dynamic, same.lr) == ("csr", 0.5, False, 0.01)
+    other = ft.updated(method="esd", variant="u")  # another method: its own defaults, then the knob
+    assert other.method.name == "esd" and other.method.variant == "u" and not hasattr(other.method, "loss")
+    with pytest.raises(ValueError, match="variant"):
+        ft.updated(method="esd", variant="z")
