@@ -15,8 +15,8 @@ from trust.methods.ant import saliency as ant_saliency
 from trust.methods.ant.method import draw_timesteps, split_timestep
 from trust.methods.ant.saliency import intersect_masks, plot_mask_history
 from trust.methods.data import ForgetData
-from trust.methods.ant_fusion.lora import (ant_multi_concept, fuse_closed_form, kv_weight_names, token_embeddings,
-                                       train_concept_lora)
+from trust.methods.ant_fusion.lora import fuse_closed_form, kv_weight_names, token_embeddings
+from trust.methods.ant_fusion.method import ant_multi_concept, train_concept_lora
 from trust.utils.seeding import torch_generator
 
 PROMPTS = ["a red circle", "a blue circle", "a circle"]

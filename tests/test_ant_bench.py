@@ -13,8 +13,8 @@ from bench.lib.ant_multi import (DEFAULT_KEPT, DEFAULT_TARGETS, MultiSettings, b
                                      concat_data, markdown, run_strategy)
 from bench.lib.methods import ANT_RUNS, BenchSettings, run_bench, select_runs
 from trust.methods.data import ForgetData
-from trust.methods.ant_fusion.lora import ConceptLora, kv_weight_names, train_concept_lora
-from trust.methods.ant_fusion.method import AntFusionMethod
+from trust.methods.ant_fusion.lora import ConceptLora, kv_weight_names
+from trust.methods.ant_fusion.method import AntFusionMethod, train_concept_lora
 from trust.concepts import labels_of
 from trust.world.classifier import ConceptClassifier
 

@@ -37,7 +37,8 @@ from trust.concepts import build_prompt_sets, expand, labels_of, paraphrase
 from trust.config import ConceptParams, FinetuneParams, PromptsParams
 from trust.methods.ant_fusion.config import AntFusionConfig
 from trust.methods.data import ForgetData
-from trust.methods.ant_fusion.lora import fuse_deltas, kv_weight_names, train_concept_lora, write_weights
+from trust.methods.ant_fusion.lora import fuse_deltas, kv_weight_names, write_weights
+from trust.methods.ant_fusion.method import train_concept_lora
 
 STRATEGIES = ("fusion", "sequential", "joint")
 

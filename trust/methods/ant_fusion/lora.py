@@ -1,6 +1,6 @@
 """ANT multi-concept erasure (paper Eq. 7, MACE-style): one LoRA per concept, fused in closed form.
 
-(a) `train_concept_lora`: a LoRA (peft, rank `method.lora_rank`) on every cross-attention key/value
+(a) `ConceptLora` (trained by `train_concept_lora`, method.py, through the one training loop): a LoRA (peft, rank `method.lora_rank`) on every cross-attention key/value
     projection (`attn2.to_k`, `attn2.to_v`) of a copy of the UNet, trained with the ANT loss
     (trust.methods.ant.ant_loss, same timestep convention) against the frozen original; returns
     Delta W = B A * alpha/r per layer, keyed by the UNet parameter name (`...attn2.to_k.weight`).
@@ -106,27 +106,6 @@ class ConceptLora:
         return out
 
 
-def train_concept_lora(parts: DiffusionParts, data: ForgetData, params: FinetuneParams,
-                       concept_index: int = 0, keep: ForgetData | None = None, frozen=None,
-                       progress: bool = False) -> dict[str, torch.Tensor]:
-    """Train one concept's LoRA with the ANT loss (against `frozen`, default parts.unet, which is
-    left unchanged); Delta W per attn2 to_k/to_v weight."""
-    lora = ConceptLora(frozen if frozen is not None else parts.unet, parts.scheduler, parts.encode_text, data,
-                       params, concept_index, keep)
-    opt = torch.optim.Adam(list(lora.lora.values()), lr=params.lr)
-    bar = range(params.steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(bar, desc=f"concept LoRA {concept_index}", leave=False)
-    for step in bar:
-        loss = lora.terms(step)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return lora.delta()
-
-
 @torch.no_grad()
 def token_embeddings(parts: DiffusionParts, prompts: list[str], positions: str = "tokens") -> torch.Tensor:
     """(n, D): the text encoder's states at the real tokens (BOS .. EOS, no padding) of each prompt
@@ -183,22 +162,6 @@ def fuse_closed_form(base: dict[str, torch.Tensor], deltas: list[dict[str, torch
         B += lam * W
         out[k] = torch.linalg.solve(A, B.T).T.to(w.dtype)  # A symmetric: W* A = B <=> A W*^T = B^T
     return out
-
-
-def ant_multi_concept(parts: DiffusionParts, concepts: list[ForgetData], preserve_prompts: list[str],
-                      params: FinetuneParams, keep: ForgetData | None = None,
-                      progress: bool = False) -> dict[str, torch.Tensor]:
-    """Train one LoRA per concept (each from the original weights), fuse them in closed form and
-    write W* into `parts.unet`. `keep`: data of the optional preservation term (preserve_weight).
-
-    Returns the fused weights (name -> W*)."""
-    names = kv_weight_names(parts.unet)
-    base = {k: parts.unet.get_parameter(k).detach().clone() for k in names}
-    deltas = [train_concept_lora(parts, data, params, i, keep=keep, progress=progress)
-              for i, data in enumerate(concepts)]
-    fused = fuse_deltas(parts, base, deltas, concepts, preserve_prompts, params)
-    write_weights(parts.unet, fused)
-    return fused
 
 
 def fuse_deltas(parts: DiffusionParts, base: dict[str, torch.Tensor], deltas: list[dict[str, torch.Tensor]],
