@@ -115,7 +115,16 @@ def run_example(name: str, src: Path, args) -> dict:
     loc = localize.run(params, ws)
     seconds["localize"] = time.perf_counter() - t
     t = time.perf_counter()
-    ft = finetune.run(params, ws, progress=not args.quiet)
+    from trust.methods.stopping import BarNotReached
+
+    try:
+        ft = finetune.run(params, ws, progress=not args.quiet)
+    except BarNotReached as e:
+        print(f"{name}: {e}", flush=True)
+        return {"example": name, "kind": params.concept.kind, "concept": params.concept.name,
+                "detect": params.concept.detect, "overrides": list(args.set), "pass": False, "bar_reached": False,
+                "error": str(e), "seconds": {**seconds, "finetune": round(time.perf_counter() - t, 1)},
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     seconds["finetune"] = time.perf_counter() - t
     t = time.perf_counter()
     m = evaluate.run(params, ws)
@@ -132,7 +141,8 @@ def run_example(name: str, src: Path, args) -> dict:
         "kind": params.concept.kind, "concept": params.concept.name, "detect": params.concept.detect,
         "anchor": params.concept.anchor, "overrides": list(args.set), "attacks": list(params.evaluate.attacks.run),
         "workspace": str(ws.relative_to(ROOT)) if ws.is_relative_to(ROOT) else str(ws),
-        "finetune": {"method": params.finetune.method, "steps": ft["steps"], "lr": params.finetune.lr,
+        "bar": ft.get("bar"),
+        "finetune": {"method": params.finetune.method.name, "steps": ft["steps"], "seconds": ft["seconds"], "lr": params.finetune.lr,
                      "preserve_weight": params.finetune.preserve_weight, "modules": list(params.localize.modules)},
         "prompts": counts, "neurons": loc["neurons"],
         "target": {"base": m["target_rate_base"], "erased": m["target_rate"], "prompts": n_target,
@@ -157,6 +167,10 @@ def markdown(results: dict) -> str:
              "<= max_target_rate, each kept concept at most max_preservation_drop below base.", "",
              "| run | kind | target base -> erased | kept concepts base -> erased (worst drop) | pass |",
              "|---|---|---|---|---|"]
+    failed = {n: r for n, r in results.items() if "target" not in r}  # the bar not reached in the budget
+    results = {n: r for n, r in results.items() if "target" in r}
+    for name, r in failed.items():
+        lines.append(f"| {name} | {r['kind']} | - | - (finetune failed: the bar was not reached in its budget) | **FAIL** |")
     for name, r in results.items():
         t, worst = r["target"], max(r["keep"].items(), key=lambda kv: kv[1]["drop"])
         kept = ", ".join(f"{k} {_fmt(v['base'])} -> {_fmt(v['erased'])}" for k, v in r["keep"].items())

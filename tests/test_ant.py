@@ -43,7 +43,7 @@ def _data(parts, prompts=PROMPTS, n=6, seed=0):
 def _method(tiny, **kw):
     parts = copy.copy(tiny)
     parts.unet = copy.deepcopy(tiny.unet)
-    ft = FinetuneParams().updated(**{**BASE_FT, **kw})
+    ft = FinetuneParams(preserve_weight=0.0).updated(**{**BASE_FT, **kw})
     return parts, build_method(parts, _data(parts), ft, LocalizeParams())
 
 
@@ -235,7 +235,7 @@ def test_fusion_with_summed_edits_equals_least_squares_solve():
 def test_concept_lora_and_fusion_on_tiny_model(tiny):
     parts = copy.copy(tiny)
     parts.unet = copy.deepcopy(tiny.unet)
-    ft = FinetuneParams().updated(method="ant_fusion", batch_size=2, ddim_steps=10, split_step=7, steps=3, lr=1e-2,
+    ft = FinetuneParams(preserve_weight=0.0).updated(method="ant_fusion", batch_size=2, ddim_steps=10, split_step=7, steps=3, lr=1e-2,
                                   lora_rank=2)
     data = _data(parts)
     names = kv_weight_names(parts.unet)

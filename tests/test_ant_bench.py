@@ -25,7 +25,7 @@ TINY_KNOBS = {"ant": dict(ddim_steps=10, split_step=7, seeds=1, max_maps=3),
 
 
 def _ft(**kw) -> FinetuneParams:
-    return FinetuneParams().updated(**{**FUSION_FT, **kw})
+    return FinetuneParams(preserve_weight=0.0).updated(**{**FUSION_FT, **kw})
 
 
 @pytest.fixture(scope="module")

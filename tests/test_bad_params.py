@@ -6,6 +6,7 @@ CliRunner, in-process); one case also goes through the real `trust` executable.
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,39 @@ CASES = [
      "evaluate.detector.clip_dir moved to model.clip_dir"),
     ("clip-scorer-without-folder", {"localize": {"scorer": "clip"}}, "model.clip_dir",
      "localize.scorer: clip needs a local CLIP folder"),
+    # the concept spec (issue 13): each mistake a new user made, refused before any model loads
+    ("detect-label-typo", {"concept": {"detect": {"colour": "yelow"}}}, "concept.detect.colour",
+     "unknown colour 'yelow'; the world's colours are red, green, blue, yellow (did you mean 'yellow'?)"),
+    ("detect-head-typo", {"concept": {"detect": {"color": "red"}}}, "concept.detect",
+     "unknown head 'color'; the world classifier's heads are shape, colour, background (did you mean 'colour'?)"),
+    ("keep-label-typo", {"concept": {"keep": [{"shape": "sqaure"}]}}, "concept.keep[0].shape", "did you mean 'square'?"),
+    ("keep-not-shown", {"concept": {"preserve": ["a {colour} square"], "keep": [{"shape": "square"}, {"shape": "cross"}]}},
+     "concept.keep[1]", "{shape: cross}: no preservation prompt shows it"),
+    ("preserve-expands-to-target", {"concept": {"kind": "combination", "detect": {"shape": "circle", "colour": "red"},
+                                                "preserve": ["a {colour} circle"]}},
+     "concept.preserve[0]", "gives 'a red circle', which is the target"),
+    ("preserve-leaves-target-open", {"concept": {"kind": "combination", "detect": {"shape": "circle", "colour": "red"},
+                                                 "add_preserve": ["a circle on a {background} background"]}},
+     "concept.add_preserve[0]", "leaves colour open, so it can show the target"),
+    ("target-lacks-detect-label", {"concept": {"kind": "combination", "detect": {"shape": "circle", "colour": "red"},
+                                               "target": ["a red circle", "a {colour} circle"]}},
+     "concept.target[1]", "gives 'a green circle', which does not show colour: red (it names green)"),
+    ("anchor-shows-target", {"concept": {"anchor": "a {colour} circle on a {background} background"}},
+     "concept.anchor", "which shows the target {shape: circle}"),
+    ("unknown-word", {"concept": {"target": ["a coloured circle"]}}, "concept.target[0]",
+     "'coloured' is not a word of the world's vocabulary"),
+    ("kind-single-two-labels", {"concept": {"detect": {"shape": "circle", "colour": "red"}}}, "concept.kind",
+     "single, but concept.detect {shape: circle, colour: red} has 2 labels"),
+    ("conditional-without-context", {"concept": {"kind": "conditional", "detect": {"shape": "circle", "colour": "red"}}},
+     "concept.kind", "add a background label"),
+    ("keep-is-target", {"concept": {"keep": [{"shape": "circle"}]}}, "concept.keep[0]", "it is the target itself"),
+    ("unknown-slot", {"concept": {"target": ["a {texture} circle"]}}, "concept.target[0]", "unknown slot(s) ['texture']"),
+    ("attack-csv-missing", {"evaluate": {"attacks": {"prompt_set": "data/attacks/world_cirlce.csv"}}},
+     "evaluate.attacks.prompt_set", "world_cirlce.csv not found"),
+    ("nudenet-class-typo", {"evaluate": {"detector": {"nudenet_classes": ["FEMALE_BREAST_EXPOSD"]}}},
+     "evaluate.detector.nudenet_classes", "(did you mean 'FEMALE_BREAST_EXPOSED'?)"),
+    ("val-eval-leave-no-train", {"prompts": {"val_fraction": 0.5, "eval_fraction": 0.45}}, "prompts",
+     "leaves under 10% of the prompts for training"),
 ]
 # Every command validates params.yaml first; the stage commands would otherwise load models.
 COMMANDS = [["params", "check"], ["finetune"]]
@@ -71,7 +105,7 @@ def shipped(root) -> dict:
 
 
 @pytest.fixture
-def project(tmp_path, shipped) -> Path:
+def project(tmp_path, shipped, root) -> Path:
     """params.yaml plus existing outputs of every stage (stand-ins: validation must not read them)."""
     files = {
         "data/prompts.json": b'{"target": {"train": [], "eval": []}}\n',
@@ -84,6 +118,8 @@ def project(tmp_path, shipped) -> Path:
     for rel, data in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(data)
+    # the files params.yaml names are checked too: the shipped prompt set is there
+    shutil.copytree(root / "data" / "attacks", tmp_path / "data" / "attacks")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False))
     return tmp_path
 

@@ -99,3 +99,19 @@ def test_fid_without_inception_weights_names_what_to_provide(tmp_path):
         InceptionFeatures(None)
     with pytest.raises(FidelityError, match=r"does not exist"):
         InceptionFeatures(tmp_path / "missing.pt")
+
+
+def test_nudenet_class_list_is_the_packages():
+    """evaluate.detector.nudenet_classes is checked against NUDENET_CLASSES before any work; the
+    list must be NudeNet's own (read from the installed package's source, not imported)."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    from trust.config.evaluate import NUDENET_CLASSES
+
+    src = Path(importlib.util.find_spec("nudenet").origin).parent / "nudenet.py"
+    tree = ast.parse(src.read_text())
+    labels = next(ast.literal_eval(n.value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "__labels" for t in n.targets))
+    assert tuple(labels) == NUDENET_CLASSES

@@ -123,3 +123,23 @@ def test_bench_workspace_and_overrides(tmp_path):
     for rel in bench.LINKS:
         assert (tmp_path / "ws" / rel).resolve() == (ROOT / rel).resolve()
     assert bench.example_path("world_conditional") == ROOT / "examples" / "world_conditional.yaml"
+
+
+def test_one_default_configuration():
+    """params.yaml spells out the schema's defaults (the one default configuration), and a world
+    example differs from it only in what names its concept: no per-concept settings."""
+    shipped = load_params(ROOT / "params.yaml", root=ROOT).model_dump(mode="json", by_alias=True)
+    defaults = Params.model_validate({}, context={"root": ROOT}).model_dump(mode="json", by_alias=True)
+    assert shipped == defaults
+    allowed = {("concept",), ("register", "model_name"), ("evaluate", "attacks", "prompt_set")}
+    for path in WORLD:
+        raw = yaml.safe_load(path.read_text())
+
+        def leaves(d, pre=()):
+            for k, v in d.items():
+                if isinstance(v, dict) and pre + (k,) not in allowed:
+                    yield from leaves(v, pre + (k,))
+                else:
+                    yield pre + (k,)
+        assert set(leaves(raw)) <= allowed, f"{path.name}: per-concept settings {set(leaves(raw)) - allowed}"
+        assert set(raw["concept"]) <= {"name", "kind", "detect"}, f"{path.name}: the rest is derived"

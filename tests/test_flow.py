@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 TINY = {
-    "finetune": {"steps": 4, "references": 4, "batch_size": 4, "checkpoint_every": 2},
+    "finetune": {"steps": 4, "references": 4, "batch_size": 4, "checkpoint_every": 2, "to_bar": {"enabled": False}},
     "evaluate": {"samples_per_prompt": 1, "max_prompts": 1, "steps": 5, "attacks": {"run": [], "max_prompts": 1}},
     "localize": {"batch_size": 4},
     "register": {"gates": {"max_target_rate": 1.0, "max_preservation_drop": 1.0}},
@@ -105,12 +105,16 @@ def test_changing_a_finetune_parameter_reruns_exactly_downstream(project):
 
 
 def test_failed_gate_leaves_production_where_it_was(project):
-    _edit(project, {"register": {"gates": {"max_target_rate": 0.0, "max_preservation_drop": 0.0}}})
+    # max_asr 0: the prompt set's circles survive 4 training steps for certain (one held-out target
+    # image may or may not show one, so max_target_rate 0 alone can pass)
+    _edit(project, {"register": {"gates": {"max_target_rate": 0.0, "max_preservation_drop": 0.0, "max_asr": 0.0}}})
     code, out, ran = _run(project)
     assert code != 0
-    assert set(ran) == {"register"}
+    # the gates are also erase-to-a-bar's bar, so finetune's params changed and it reran (and what
+    # depends on it); nothing upstream of it did
+    assert "register" in ran and set(ran) <= {"finetune", "evaluate", "register"}
     text = " ".join(out.split())
-    assert "failed gate(s): max_target_rate" in text and "production unchanged" in text
+    assert "failed gate(s):" in text and "max_asr" in text and "production unchanged" in text
     client = _client(project)
     assert str(client.get_model_version_by_alias("trust-world-circle", "production").version) == "2"
     assert str(client.get_model_version_by_alias("trust-world-circle", "candidate").version) == "3"

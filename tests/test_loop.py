@@ -36,7 +36,7 @@ def test_trust_builds_the_localize_mask_itself(tiny):
     data = ForgetData.build(p, ROWS, references=4, seed=0)
     loc = LocalizeParams(batch_size=4, xi=1.0)
     want = denoise_saliency(p.unet, p.unet, cross_attention_params(p.unet, loc.modules), data, p, loc, loc.seed, 0, 0)
-    method = build_method(p, data, FinetuneParams().updated(batch_size=2), loc)
+    method = build_method(p, data, FinetuneParams(preserve_weight=0.0).updated(batch_size=2), loc)
     assert set(method.mask) == set(want) and want
     assert all(torch.equal(method.mask[k], want[k]) for k in want)
 
@@ -44,7 +44,7 @@ def test_trust_builds_the_localize_mask_itself(tiny):
 def test_check_runs_every_k_steps_and_at_the_end_and_can_stop(tiny):
     p = _fresh(tiny)
     data = ForgetData.build(p, ROWS, references=4, seed=0)
-    ft = FinetuneParams().updated(method="full", batch_size=2, lr=1e-4)
+    ft = FinetuneParams(preserve_weight=0.0).updated(method="full", batch_size=2, lr=1e-4)
     seen = []
     result = train(build_method(p, data, ft, LocalizeParams()), 5, check=lambda done, so_far: seen.append(done),
                    check_every=2)
@@ -61,7 +61,7 @@ def test_finish_fuses_ant_fusion_into_the_unet(tiny):
     p = _fresh(tiny)
     data = ForgetData.build(p, ROWS, references=4, seed=0)
     keep = ForgetData.build(p, [{"prompt": "a green cross", "anchor": None}], references=2, seed=1)
-    ft = FinetuneParams().updated(method="ant_fusion", batch_size=2, lr=1e-2, ddim_steps=10, split_step=7,
+    ft = FinetuneParams(preserve_weight=0.0).updated(method="ant_fusion", batch_size=2, lr=1e-2, ddim_steps=10, split_step=7,
                                   lora_rank=2)
     before = {k: v.clone() for k, v in p.unet.state_dict().items()}
     touched = []

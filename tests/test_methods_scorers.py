@@ -88,7 +88,7 @@ def test_reestimation_uses_the_configured_scorer(world_parts, shipped_classifier
     scorer = Spy(parts, data, loc, shipped_classifier, {"shape": "circle"})
     params = cross_attention_params(parts.unet, loc.modules)
     mask = scorer.mask(parts.unet, parts.unet, params, 0, 0, 0)
-    method = TrustMethod(parts, data, FinetuneParams().updated(batch_size=2, reestimate_every=1), loc, mask,
+    method = TrustMethod(parts, data, FinetuneParams(preserve_weight=0.0).updated(batch_size=2, reestimate_every=1), loc, mask,
                          resources=Resources(scorer=scorer))
     method.step(0)
     info = method.step(1)

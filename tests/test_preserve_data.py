@@ -14,7 +14,11 @@ ROWS = [{"prompt": p, "anchor": ""} for p in
 def test_preserve_references_cover_every_prompt(root, capsys):
     torch.set_num_threads(1)
     parts = load_model(root / "models/world")
-    few = finetune.preserve_data(parts, ROWS, FinetuneParams(references=3))
+    # the default (null): one image per preservation training prompt, every prompt used
+    default = finetune.preserve_data(parts, ROWS, FinetuneParams(references=3))
+    assert len(default) == 5 and set(default.prompts) == {r["prompt"] for r in ROWS}
+    assert "not used" not in capsys.readouterr().err
+    few = finetune.preserve_data(parts, ROWS, FinetuneParams(preserve_references=3))
     assert len(few) == 3 and "a red cross" not in few.prompts
     assert "2 of 5 preservation training prompts are not used" in capsys.readouterr().err
     enough = finetune.preserve_data(parts, ROWS, FinetuneParams(references=3, preserve_references=7))

@@ -30,8 +30,12 @@ def test_derived_params_absolute_paths_new_base_literal_targets(tmp_path, shippe
     p = derive_params(shipped_params, root, tmp_path / "ws" / "params.yaml", base, ["a {weird} red circle"])
     assert p.model.base == base.resolve() and p.world.model_dir.is_absolute()
     assert p.evaluate.attacks.prompt_set.is_absolute()
-    assert p.concept.target[-1] == "a {{weird}} red circle"  # expands to itself, not a slot
-    assert p.concept.target[:-1] == shipped_params.concept.target
+    # an attack's prompt is trained on as written: not a template, not checked against the world's words
+    assert p.concept.literal_targets == ["a {weird} red circle"]
+    assert p.concept.target == shipped_params.concept.target
+    sets = build_prompt_sets(p.concept, p.prompts)
+    assert "a {weird} red circle" in [r["prompt"] for r in sets["target"]["train"]]
+    assert "a {weird} red circle" not in [r["prompt"] for r in sets["target"]["eval"] + sets["target"]["val"]]
     assert (tmp_path / "ws" / "params.yaml").read_text().startswith("# derived by the reerase flow")
 
 

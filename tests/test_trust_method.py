@@ -18,7 +18,7 @@ def _setup(shipped_world, **ft):
     loc = LocalizeParams(batch_size=4, xi=1.0)
     params = cross_attention_params(parts.unet, loc.modules)
     mask = denoise_saliency(parts.unet, parts.unet, params, data, parts, loc, 0, 0)
-    return parts, data, loc, mask, FinetuneParams().updated(batch_size=4, **ft)
+    return parts, data, loc, mask, FinetuneParams(preserve_weight=0.0).updated(batch_size=4, **ft)
 
 
 def test_mask_selects_only_cross_attention_rows(shipped_world):

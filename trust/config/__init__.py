@@ -23,6 +23,10 @@ from trust.world.config import ClassifierTrainConfig, FidelityConfig, WorldTrain
 DEFAULT_PARAMS = Path("params.yaml")
 
 
+# A model-level error whose lines each name their own key (the concept spec's checks).
+SPEC_ERRORS = "concept spec:\n"
+
+
 class ParamsError(ValueError):
     """params.yaml is invalid; the message names each offending key and the fix."""
 
@@ -53,38 +57,71 @@ class ModelParams(_Strict):
 
 
 class ConceptParams(_Strict):
-    """What to erase. Templates may use {colour}, {shape}, {background} (world vocabulary);
-    the `prompts` stage expands them, adding synonym paraphrases."""
+    """What to erase. On the built-in world a concept is a label set over the world classifier's
+    heads (`detect`) and its `kind`; what the spec leaves out is derived from them
+    (trust/concepts/neighbours.py): `keep` = its neighbours (siblings of a single concept; each part
+    of a combination with other partners; a conditional in the other contexts, and other things in
+    its context), `preserve` = prompts that show them, `target` = the world's caption forms that
+    show the concept, `anchor` = the scene without it. Give a field to override it, `add_*` to
+    add to it. Templates may use {colour}, {shape}, {background}; the `prompts` stage expands them
+    into every synonym of the concept's words. On Stable Diffusion `target` and `anchor` are
+    required and taken as written."""
 
     name: str = Field("circle", min_length=1, description="short name, used in model names and reports")
-    kind: Literal["single", "combination", "conditional"] = "single"
-    target: list[str] = Field(
-        ["a {colour} circle", "a {colour} circle on a {background} background"], min_length=1,
-        description="prompt templates that show the concept (the forget set)",
-    )
-    anchor: str = Field(
-        "a {background} background",
-        description="what a target prompt maps to; slots are filled from the target prompt's slots",
-    )
-    preserve: list[str] = Field(
-        ["a {colour} square", "a {colour} triangle", "a {colour} cross"],
-        description="prompt templates whose images must not change (kept concepts)",
-    )
+    kind: Literal["single", "combination", "conditional"] = Field(
+        "single", description="single: one label (a colour, a shape, a background); combination: two benign "
+                              "labels together (a red circle); conditional: a concept only in one context (a cross "
+                              "on a striped background). Drives the derived `keep` set")
     detect: dict[str, str] = Field(
         {"shape": "circle"}, min_length=1,
-        description="detector labels that mean 'the concept is present' (world classifier heads)",
+        description="detector labels that mean 'the concept is present' (world classifier heads shape, colour, "
+                    "background)",
     )
-    keep: list[dict[str, str]] = Field(
-        [{"shape": "square"}, {"shape": "triangle"}, {"shape": "cross"}],
-        description="detector labels of kept concepts, with the preservation prompts that should show them",
-    )
+    target: list[str] | None = Field(
+        None, min_length=1,
+        description="prompt templates that show the concept (the forget set); null: derived from `detect`")
+    anchor: str | None = Field(
+        None, description="what a target prompt maps to; slots are filled from the target prompt's labels; "
+                          "null: derived (the scene without the concept)")
+    preserve: list[str] | None = Field(
+        None, description="prompt templates whose images must not change; null: derived from `keep`")
+    keep: list[dict[str, str]] | None = Field(
+        None, description="detector labels of kept concepts, each shown by some preservation prompt; null: the "
+                          "concept's neighbours, from `kind` and `detect`")
+    add_target: list[str] = Field([], description="templates added to the given or derived `target` (wordings)")
+    add_preserve: list[str] = Field([], description="templates added to the given or derived `preserve`")
+    add_keep: list[dict[str, str]] = Field([], description="label sets added to the given or derived `keep`")
+    literal_targets: list[str] = Field(
+        [], description="prompts found to show the concept (re-erasure adds the attacks' successful prompts here): "
+                        "in the forget set as written, neither expanded nor checked against the world's words "
+                        "(attack tokens need not be words)")
 
 
 class PromptsParams(_Strict):
+    """How the concept's prompts are drawn and split three ways: `train` (the forget and preservation
+    sets), `val` (what training checks its bar on) and `eval` (held out, never seen by training or by
+    its stopping rule; what `evaluate` and the gates measure)."""
+
     seed: int = 0
-    paraphrases: bool = Field(True, description="add synonym paraphrases of every target prompt (world)")
-    max_per_role: int = Field(64, ge=1, description="cap on prompts per role (target, preserve), drawn by seed")
-    eval_fraction: float = Field(0.25, gt=0, lt=1, description="share of prompts held out for evaluation")
+    paraphrases: bool = Field(True, description="world: every synonym of the concept's words, other words "
+                                                "paraphrased at random")
+    max_per_role: int = Field(96, ge=1, description="cap on target prompts, drawn by seed over the synonyms")
+    max_per_keep: int = Field(24, ge=1, description="cap on preservation prompts per kept concept, drawn by seed")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of prompts for the validation split")
+    eval_fraction: float = Field(0.3, gt=0, lt=1, description="share of prompts held out for evaluation")
+    paraphraser: Path | None = Field(
+        None, description="Stable Diffusion: a local causal language model folder (transformers, safetensors) that "
+                          "writes paraphrases_per_prompt more wordings of every target prompt "
+                          "(trust/concepts/paraphraser.py); null: the target list as written. The world uses its "
+                          "synonym table")
+    paraphrases_per_prompt: int = Field(4, ge=1, description="wordings the paraphraser writes per target prompt")
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> "PromptsParams":
+        if self.val_fraction + self.eval_fraction >= 0.9:
+            raise ValueError(f"prompts.val_fraction + prompts.eval_fraction = {self.val_fraction + self.eval_fraction:.2f} "
+                             "leaves under 10% of the prompts for training; keep their sum below 0.9")
+        return self
 
 
 class LocalizeParams(_Strict):
@@ -98,10 +135,16 @@ class LocalizeParams(_Strict):
                                "probability of concept.detect on images sampled (short differentiable DDIM) from the "
                                "current weights for target prompts; `clip` = CLIP score of such images (decoded by "
                                "the VAE) with their target prompts, as in the paper (needs model.clip_dir)")
-    xi: float = Field(2.0, ge=0, description="z-score threshold: a neuron is a concept neuron when z > xi")
+    xi: float = Field(1.0, ge=0, description="z-score threshold: a neuron is a concept neuron when z > xi. On the "
+                                             "world, 2.0 (~44 neurons) left held-out triangles at 0.72-0.88 after 400 "
+                                             "steps; 1.0 (~140) erases them in 300 (bench/results/concept_set.md)")
     normalise: Literal["layer", "global"] = "layer"
     granularity: Literal["row", "element"] = "row"
-    modules: list[Literal["to_q", "to_k", "to_v"]] = Field(["to_q", "to_k", "to_v"], min_length=1)
+    modules: list[Literal["to_q", "to_k", "to_v"]] = Field(
+        ["to_k", "to_v"], min_length=1,
+        description="cross-attention projections searched and tuned; docs/methods.md's default is [to_q, to_k, to_v]: "
+                    "to_q acts on image features every shape shares, and on the world tuning it turned held-out "
+                    "crosses into triangles (cross 1.00 -> 0.62)")
     batch_size: int = Field(8, ge=1, description="target prompts per saliency estimate (`denoise` scorer)")
     sample_steps: int = Field(4, ge=1, description="DDIM steps of the differentiable sample (`classifier`, `clip`)")
     sample_batch: int = Field(2, ge=1, description="images per saliency estimate (`classifier`, `clip`)")
@@ -130,6 +173,29 @@ def _moved_keys() -> dict[str, dict[str, str]]:
     return out
 
 
+class ToBarParams(_Strict):
+    """Erase to a bar (trust/methods/stopping.py): check the validation prompts every `check_every`
+    steps, stop when the target's rate and every kept concept's drop are `margin` inside
+    register.gates, adapt the preservation weight / step size when they are not. Off: train for
+    exactly finetune.steps (what the paper does)."""
+
+    enabled: bool = True
+    check_every: int = Field(40, ge=1, description="steps between checks")
+    margin: float = Field(0.05, ge=0, lt=1, description="stop when val target <= max_target_rate - margin and every "
+                                                         "kept concept's val drop <= max_preservation_drop - margin")
+    samples_per_prompt: int = Field(4, ge=1, description="images per validation prompt (fixed seeds)")
+    max_prompts: int = Field(8, ge=1, description="validation prompts per role (the target, each kept concept)")
+    sample_steps: int = Field(10, ge=1, description="sampling steps of the check's images (evaluate.steps: the gates')")
+    adapt: bool = Field(True, description="adapt when the bar is not held (below); false: only stop")
+    keep_weight_factor: float = Field(1.5, gt=1, description="a kept concept blocks the stop: preservation weight x this")
+    max_keep_weight_factor: float = Field(8.0, ge=1, description="... up to this x the configured weight")
+    patience: int = Field(4, ge=1, description="checks without target progress (one validation image) before lr x lr_factor")
+    lr_factor: float = Field(1.5, gt=1)
+    max_lr_factor: float = Field(1.5, ge=1, description="lr at most this x finetune.lr")
+    min_lr_factor: float = Field(0.25, gt=0, le=1, description="target within the gate, a kept concept outside the "
+                                                               "margin: lr / lr_factor, down to this x finetune.lr")
+
+
 class FinetuneParams(_Strict):
     """How the concept is erased: the knobs every method shares, and `method`, the chosen method
     with its own knobs (trust/methods/<name>/config.py; docs/methods.md). `method: trust` is short
@@ -139,18 +205,22 @@ class FinetuneParams(_Strict):
         default_factory=TrustConfig,
         description="the unlearning method and its own knobs, chosen by `name`: " + ", ".join(METHODS.names()))
     seed: int = 0
-    steps: int = Field(60, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    steps: int = Field(1500, ge=1, description="with to_bar: the step budget (training stops at the bar, or fails "
+                                             "when the budget runs out); without: the number of steps")
+    max_seconds: float | None = Field(300.0, gt=0, description="wall-clock budget of training, checks included "
+                                                              "(with to_bar the stage fails when it runs out); null: none")
+    to_bar: ToBarParams = ToBarParams()
+    lr: float = Field(5e-3, gt=0)
     batch_size: int = Field(8, ge=1)
-    references: int = Field(16, ge=1, description="target images generated once by the frozen model")
+    references: int | None = Field(None, ge=1, description="target images generated once by the frozen model, cycling "
+                                                           "over the target training prompts; null: one per prompt")
     preserve_references: int | None = Field(
         None, ge=1, description="preservation images generated once by the frozen model (preservation term, SalUn's "
                                 "retain set); they cycle over the preservation training prompts in order, so fewer "
-                                "images than prompts leaves the last prompts out (the stage warns). null: `references` "
-                                "(what the shipped circle results were measured with)")
+                                "images than prompts leaves the last prompts out (the stage warns). null: one per prompt")
     preserve_weight: float = Field(
-        0.0, ge=0, description="weight of the optional preservation term on the preservation prompts (0 = off, "
-                               "as in the paper); it keeps their noise predictions at the frozen model's "
+        30.0, ge=0, description="weight of the optional preservation term on the preservation prompts (0 = off, "
+                               "as in the paper; without it the world's squares fell 1.00 -> 0.19); it keeps their noise predictions at the frozen model's "
                                "(trust, esd, full, ant, ant_fusion; salun has its own retain_weight)")
     checkpoint_every: int = Field(20, ge=1)
 
@@ -296,6 +366,35 @@ class Params(_Strict):
                              "(a transformers CLIPModel + its processor, saved with save_pretrained)")
         return self
 
+    @model_validator(mode="after")
+    def _concept_spec(self) -> "Params":
+        # The concept spec is checked (and what it leaves out derived) here, so every stage and
+        # `trust params check` refuse a bad one before any model loads (trust/concepts/spec.py).
+        from trust.concepts.neighbours import resolve_with_origins
+        from trust.concepts.spec import label_problems, template_problems
+
+        c = self.concept
+        if self.uses_world:
+            problems = label_problems(c)
+            if not problems:
+                c, origins = resolve_with_origins(c)
+                problems = template_problems(c, self.world.model_dir / "tokenizer", origins)
+            if problems:
+                raise ValueError(SPEC_ERRORS + "\n".join(problems))
+        else:
+            missing = [k for k in ("target", "anchor") if getattr(c, k) is None]
+            if missing:
+                raise ValueError(SPEC_ERRORS + "\n".join(
+                    f"concept.{k}: required on a Stable Diffusion model (only the built-in world's concepts can be "
+                    f"derived); give the " + ("prompts that show the concept" if k == "target" else
+                                             "prompt a target prompt maps to, e.g. 'a photo of a person'")
+                    for k in missing))
+            c = c.model_copy(update={"keep": (c.keep or []) + c.add_keep, "preserve": (c.preserve or []) + c.add_preserve,
+                                     "target": c.target + c.add_target, "add_keep": [], "add_preserve": [],
+                                     "add_target": []})
+        object.__setattr__(self, "concept", c)
+        return self
+
     @property
     def uses_world(self) -> bool:
         return self.model.base == self.world.model_dir
@@ -319,15 +418,19 @@ def _format(err: ValidationError, path: Path) -> str:
             lines.append(f"  {key}: unknown key; remove it or fix its spelling (see trust/config/ and trust/methods/<name>/config.py for allowed keys)")
         else:
             msg = e["msg"].removeprefix("Value error, ")
+            if msg.startswith(SPEC_ERRORS):  # one line per problem, each naming its key
+                lines += [f"  {line}" for line in msg.removeprefix(SPEC_ERRORS).splitlines()]
+                continue
             got = e.get("input")
             # a whole section as the input says nothing the message does not: leave it out
             lines.append(f"  {key}: {msg}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return "\n".join(lines)
 
 
-def load_params(path: Path | str = DEFAULT_PARAMS, root: Path | str | None = None) -> Params:
+def load_params(path: Path | str = DEFAULT_PARAMS, root: Path | str | None = None, check_files: bool = True) -> Params:
     """Validate `path`; relative paths in it are resolved against `root` (default: the working folder,
-    the project root the CLI runs in) once, here."""
+    the project root the CLI runs in) once, here. `check_files`: the files it names must be there
+    and readable (file_problems); off for commands that read none of them (registry lookups)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found; run from the project root or pass --params")
@@ -338,6 +441,33 @@ def load_params(path: Path | str = DEFAULT_PARAMS, root: Path | str | None = Non
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw, context={"root": Path(root) if root is not None else Path.cwd()})
+        params = Params.model_validate(raw, context={"root": Path(root) if root is not None else Path.cwd()})
     except ValidationError as e:
         raise ParamsError(_format(e, path)) from None
+    problems = file_problems(params) if check_files else []
+    if problems:
+        raise ParamsError(f"{path}: {len(problems)} invalid parameter(s); nothing was run\n"
+                          + "\n".join(f"  {p}" for p in problems))
+    return params
+
+
+def file_problems(params: Params) -> list[str]:
+    """What the files params.yaml names must hold, checked before any stage works (paths are
+    resolved by now): the attack prompt set exists and parses, a CLIP folder that is used exists."""
+    from trust.utils.prompt_csv import PromptSetError, read_prompt_set
+
+    out = []
+    try:
+        read_prompt_set(params.evaluate.attacks.prompt_set)
+    except PromptSetError as e:
+        out.append(f"evaluate.attacks.prompt_set: {e}")
+    if params.prompts.paraphraser is not None:
+        from trust.concepts.paraphraser import check_folder
+
+        if (why := check_folder(params.prompts.paraphraser)):
+            out.append(f"prompts.paraphraser: {why}")
+    clip = params.model.clip_dir
+    if clip is not None and not (clip / "config.json").is_file():
+        out.append(f"model.clip_dir: {str(clip)!r} is not a saved CLIP folder (no config.json); give a "
+                   "transformers CLIPModel folder saved with save_pretrained (e.g. openai/clip-vit-large-patch14)")
+    return out

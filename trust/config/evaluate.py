@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import field_validator, Field, model_validator
 
 from trust.config.base import _refuse_moved, _Strict
 
@@ -15,7 +15,9 @@ class UnlearnDiffAtkParams(_Strict):
 
     prefix_tokens: int = Field(3, ge=1, description="k adversarial prefix tokens (paper: 5 nudity, 3 styles/objects)")
     steps: int = Field(30, ge=1, description="optimisation steps per prompt (the budget)")
-    lr: float = Field(0.01, gt=0, description="Adam learning rate on the relaxed one-hot vectors")
+    lr: float = Field(0.1, gt=0, description="Adam learning rate on the relaxed one-hot vectors (the paper's 0.01 is "
+                                             "for SD's 49k-token vocabulary; on the world's 113 tokens 30 steps at "
+                                             "0.01 never move the argmax tokens, bench/results/attacks.md)")
     timesteps: int = Field(8, ge=1, description="size of the timestep sweep over the training schedule")
     batch_timesteps: int = Field(4, ge=1, description="sweep timesteps used per optimisation step")
     check_every: int = Field(10, ge=1, description="project to hard tokens, generate and detect every n steps")
@@ -62,6 +64,14 @@ class AttackParams(_Strict):
     ringabell: RingABellParams = RingABellParams()
 
 
+# NudeNet 3.4's detection classes (nudenet/nudenet.py; tests/test_detectors.py checks the list against it).
+NUDENET_CLASSES: tuple[str, ...] = (
+    "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED", "FEET_COVERED", "ARMPITS_COVERED",
+    "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED", "MALE_GENITALIA_EXPOSED", "ANUS_COVERED", "FEMALE_BREAST_COVERED",
+    "BUTTOCKS_COVERED")
+
+
 class DetectorParams(_Strict):
     """Which detector decides 'the concept is present'; its settings are recorded with every result."""
 
@@ -80,10 +90,23 @@ class DetectorParams(_Strict):
     def _clip_dir_moved(cls, data):
         return _refuse_moved(data, "evaluate.detector.clip_dir", "model.clip_dir")
 
+    @field_validator("nudenet_classes")
+    @classmethod
+    def _known_nudenet_classes(cls, v: list[str]) -> list[str]:
+        import difflib
+
+        bad = [c for c in v if c not in NUDENET_CLASSES]
+        if bad:
+            hints = [f"{c!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(c, NUDENET_CLASSES, 1))
+                                 else "") for c in bad]
+            raise ValueError(f"unknown NudeNet class(es) {', '.join(hints)}; NudeNet 3.4 detects "
+                             + ", ".join(NUDENET_CLASSES))
+        return v
+
 
 class EvaluateParams(_Strict):
     seed: int = 0
-    samples_per_prompt: int = Field(4, ge=1)
+    samples_per_prompt: int = Field(8, ge=1, description="images per held-out prompt (fixed seeds)")
     steps: int = Field(20, ge=1)
     guidance: float = Field(4.0, ge=1.0)
     max_prompts: int = Field(16, ge=1, description="held-out prompts per role to generate from")

@@ -53,6 +53,7 @@ class Method:
         for p in self.params.values():
             p.requires_grad_(True)
         self.opt = torch.optim.Adam(list(self.params.values()), lr=ft.lr) if self.params else None
+        self.initial_keep_weight, self.initial_lr = self.keep_weight(), ft.lr
 
     # -- what a method defines ---------------------------------------------------------
     @classmethod
@@ -79,6 +80,23 @@ class Method:
     def finish(self) -> None:
         """After the last step: the UNet's weights are final."""
         self.materialise()
+
+    # -- what erase-to-a-bar adapts (trust/methods/stopping.py) --------------------------
+    def keep_weight(self) -> float:
+        """Weight of the term that keeps the preservation prompts (0: none)."""
+        return self.ft.preserve_weight
+
+    def set_keep_weight(self, w: float) -> None:
+        self.ft = self.ft.updated(preserve_weight=w)
+        self.cfg = self.ft.method
+
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"] if self.opt else self.ft.lr
+
+    def set_lr(self, lr: float) -> None:
+        if self.opt:
+            for g in self.opt.param_groups:
+                g["lr"] = lr
 
     # -- shared pieces ---------------------------------------------------------------
     def trainable_parameters(self) -> int:

@@ -22,10 +22,12 @@ class ForgetData:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, parts: DiffusionParts, rows: list[dict], references: int, seed: int) -> "ForgetData":
-        """`rows`: prompts.json target rows ({prompt, anchor}); references cycle over them."""
+    def build(cls, parts: DiffusionParts, rows: list[dict], references: int | None, seed: int) -> "ForgetData":
+        """`rows`: prompts.json target rows ({prompt, anchor}); `references` images cycle over them
+        (None: one per row)."""
         if not rows:
             raise ValueError("no target prompts: run the prompts stage with a non-empty concept.target")
+        references = references or len(rows)
         picked = [rows[i % len(rows)] for i in range(references)]
         prompts = [r["prompt"] for r in picked]
         images = generate(parts, prompts, [seed * 100_003 + i for i in range(references)])
@@ -61,12 +63,11 @@ def preserve_data(parts: DiffusionParts, rows: list[dict], ft, references: int |
                   warn=None) -> ForgetData:
     """Preservation images of the frozen model for `rows` (prompts.json preserve rows).
 
-    Count: `ft.preserve_references`, else `references` (a benchmark's override), else
-    `ft.references`. Images cycle over `rows` in order, so a smaller count leaves the later
+    Count: `ft.preserve_references`, else `references` (a benchmark's override), else one per row. Images cycle over `rows` in order, so a smaller count leaves the later
     prompts out of the preservation term entirely: `warn` (default `warnings.warn`) says so.
     Seeded with `ft.seed + 1` (the target references use `ft.seed`).
     """
-    n = ft.preserve_references or references or ft.references
+    n = ft.preserve_references or references or len(rows)
     if n < len(rows):
         (warn or warnings.warn)(f"finetune: {len(rows) - n} of {len(rows)} preservation training prompts are not "
                                 f"used (finetune.preserve_references = {n}); set it to at least {len(rows)} to use "

@@ -65,6 +65,8 @@ class TrainResult:
     step_s: list[float] = field(default_factory=list)  # each step's own time (this call's steps)
     materialise_s: float = 0.0
     stopped: bool = False  # a check returned STOP
+    out_of_time: bool = False  # max_seconds ran out before the last step
+    wall_s: float = 0.0  # this call's wall-clock: steps, checks, checkpoints
 
 
 def _sync(device: torch.device) -> None:
@@ -75,14 +77,17 @@ def _sync(device: torch.device) -> None:
 def train(method: "Method", steps: int, *, start: int = 0, history: list[dict] | None = None,
           check: Callable[[int, "TrainResult"], bool | None] | None = None, check_every: int | None = None,
           checkpoint: Callable[[int, list[dict]], None] | None = None, checkpoint_every: int | None = None,
-          progress: bool = False, desc: str | None = None) -> TrainResult:
+          progress: bool = False, desc: str | None = None, max_seconds: float | None = None) -> TrainResult:
     """Steps `start`..`steps`-1 of `method`. `check(done, result)` runs after every `check_every`-th
     step, after a training-free method's step and after the last step, on materialised weights
     (`result` is the run so far: its train_s and materialise_s); it may return STOP. `checkpoint(done, history)` runs every `checkpoint_every` steps before the last.
+    `max_seconds`: a wall-clock budget for this call (steps, checks and checkpoints); when it runs
+    out training ends after the current step (with a last check) and `out_of_time` is set.
     Ends with `method.finish()`. A resumed run (start > 0, after `method.load_state_tensors`)
     repeats an uninterrupted one: every step's randomness is keyed by its step number."""
     device = next(method.parts.unet.parameters()).device
     result = TrainResult(steps_run=start, history=list(history or []))
+    t_start = time.perf_counter()
     bar = range(start, steps)
     if progress:
         from tqdm.auto import tqdm
@@ -96,13 +101,14 @@ def train(method: "Method", steps: int, *, start: int = 0, history: list[dict] |
         result.train_s += result.step_s[-1]
         done = result.steps_run = step + 1
         result.history.append({"step": done, **info})
-        last = method.finished or done == steps
+        result.out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds and done < steps
+        last = method.finished or done == steps or result.out_of_time
         if check is not None and (last or (check_every and done % check_every == 0)):
             _materialise(method, result, device)
             if check(done, result) is STOP:
                 result.stopped = True
                 break
-        if method.finished:  # training-free methods (conceptprune) are done after one step
+        if method.finished or result.out_of_time:  # training-free methods (conceptprune): one step
             break
         if checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps:
             checkpoint(done, result.history)
@@ -111,6 +117,7 @@ def train(method: "Method", steps: int, *, start: int = 0, history: list[dict] |
     _sync(device)
     if check is None:  # otherwise the weights were materialised for the last check already
         result.materialise_s = time.perf_counter() - t0
+    result.wall_s = time.perf_counter() - t_start
     return result
 
 

@@ -8,22 +8,19 @@ import yaml
 from trust.config import Params, _absolute, load_params
 
 
-def _template(prompt: str) -> str:
-    """A literal prompt as a concept template: braces escaped, so it expands to itself."""
-    return prompt.replace("{", "{{").replace("}", "}}")
-
 
 def derive_params(params: Params, root: Path, path: Path, base: Path, add_targets: list[str] = ()) -> Params:
     """Write (and validate) the params.yaml a workspace stage runs with; returns it loaded.
 
     Paths are made absolute against the project `root` (the stage runs in the workspace),
     `model.base` becomes `base` (the model the stage starts from) and `add_targets` are added
-    to the concept's target (forget) prompts as literal prompts.
+    to the concept's forget prompts as literal prompts (`concept.literal_targets`: not expanded,
+    not checked against the world's words).
     """
     p = params.model_copy(deep=True)
     _absolute(p, root)  # already absolute when loaded by load_params; a Params built in code may not be
-    concept = p.concept.model_copy(update={"target": list(dict.fromkeys(
-        [*p.concept.target, *(_template(t) for t in add_targets)]))})
+    concept = p.concept.model_copy(update={"literal_targets": list(dict.fromkeys(
+        [*p.concept.literal_targets, *add_targets]))})
     p = p.model_copy(update={"model": p.model.model_copy(update={"base": Path(base).resolve()}), "concept": concept})
     raw = p.model_dump(mode="json", by_alias=True)
     path.parent.mkdir(parents=True, exist_ok=True)

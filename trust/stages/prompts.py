@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trust.concepts import build_prompt_sets
+from trust.concepts import SPLITS, build_prompt_sets
 from trust.config import Params
 from trust.stages import paths
 from trust.tracking import stage_run
@@ -13,8 +13,8 @@ from trust.utils.safetensors_io import write_json
 
 
 def run(params: Params, root: Path) -> dict:
-    sets = build_prompt_sets(params.concept, params.prompts)
-    counts = {f"{role}_{split}": len(sets[role][split]) for role in ("target", "preserve") for split in ("train", "eval")}
+    sets = build_prompt_sets(params.concept, params.prompts, world=params.uses_world)
+    counts = {f"{role}_{split}": len(sets[role][split]) for role in ("target", "preserve") for split in SPLITS}
     section = {"concept": params.concept.model_dump(mode="json"), "prompts": params.prompts.model_dump(mode="json")}
     with stage_run("prompts", section, root) as run_:
         write_json(sets, root / paths.PROMPTS)

@@ -35,6 +35,10 @@ class ConceptLoraMethod(Method):
                                    self.concept_index, self.keep)
         return dict(self.trainer.lora)
 
+    def set_keep_weight(self, w: float) -> None:
+        super().set_keep_weight(w)
+        self.trainer.params = self.ft  # the LoRA's preservation term reads its weight there
+
     def step(self, step: int) -> dict:
         terms = self.trainer.terms(step)
         self.update(terms["loss"])

@@ -41,6 +41,16 @@ class SalunMethod(Method):
     def keep_reason(self) -> str:
         return f"finetune.method.retain_weight={self.cfg.retain_weight} > 0"
 
+    def keep_weight(self) -> float:  # SalUn's own retain term keeps the preservation prompts
+        return self.cfg.retain_weight if self.cfg.retain_weight > 0 else self.ft.preserve_weight
+
+    def set_keep_weight(self, w: float) -> None:
+        if self.cfg.retain_weight > 0:
+            self.ft = self.ft.updated(retain_weight=w)
+            self.cfg = self.ft.method
+        else:
+            super().set_keep_weight(w)
+
     def select_parameters(self):
         return dict(self.parts.unet.named_parameters())
 

@@ -16,7 +16,9 @@ class TrustConfig(MethodConfig, ForgetTargetKnobs):
     loss: Literal["cip", "csr"] = Field("cip", description="CIP (hard, L1 on masked weights) or CSR (soft, "
                                                            "Hessian-based sensitivity penalty)")
     beta: float = Field(1e-4, ge=0, description="weight of the CIP/CSR term")
-    reestimate_every: int = Field(5, ge=1, description="k, re-estimate the mask every k steps")
+    reestimate_every: int = Field(20, ge=1, description="k, re-estimate the mask every k steps; on the world k=5 churned "
+                                                        "the mask and the target rate swung (0.31 -> 0.78 in 50 steps), "
+                                                        "k=20 descended steadily and is 20% faster")
     dynamic: bool = Field(True, description="false keeps the initial mask (static, SalUn-like)")
 
     implementation: ClassVar[str] = "trust.methods.trust.method:TrustMethod"

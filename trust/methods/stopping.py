@@ -1,0 +1,190 @@
+"""Erase to a bar: the check the training loop runs every few steps (trust/methods/loop.py).
+
+At each check the current weights sample the *validation* prompts (the prompts stage's `val`
+split: never the held-out `eval` prompts the gates are measured on) with fixed seeds, few images
+and few sampling steps, and a judge says which images show what: the target's rate and every kept
+concept's rate, the latter against the frozen model's rate on the same prompts and seeds (measured
+once, before training). Training stops when both hold with a margin:
+
+    val target rate <= register.gates.max_target_rate - margin
+    every kept concept's val drop <= register.gates.max_preservation_drop - margin
+
+and adapts when they do not (finetune.to_bar.adapt), one change per check, each logged:
+- a kept concept dropped past the gate itself (max_preservation_drop), or the target is within its
+  gate and a kept concept outside the margin -> the preservation weight x keep_weight_factor (the
+  method's own weight: preserve_weight, SalUn's retain_weight), up to max_keep_weight_factor x the
+  configured one (while the target is still above its gate, a drop inside the gate only blocks the
+  stop);
+- the target is within the gate but a kept concept is outside the margin -> also the step size /
+  lr_factor (down to min_lr_factor x finetune.lr): smaller steps consolidate;
+- the target rate is above the gate itself and made no progress (by one validation image) for
+  `patience` checks -> the step size x lr_factor, up to max_lr_factor x finetune.lr.
+The budget is finetune.steps and finetune.max_seconds; when it runs out first the stage fails
+(BarNotReached) and nothing is written or registered.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from trust.methods.loop import STOP
+from trust.sampling import generate
+
+
+class BarNotReached(RuntimeError):
+    """Training used its budget without reaching the bar on the validation prompts."""
+
+
+@dataclass
+class ValGroup:
+    """Validation prompts of one role (the target, or one kept concept) and what 'shows it' means."""
+
+    name: str
+    prompts: list[str]
+    hits: Callable[[torch.Tensor], list[bool]]  # images -> shows it, per image
+    kept: bool = True  # a kept concept (its drop is checked) or the target (its rate is)
+
+
+@dataclass
+class BarState:
+    keep_weight: float
+    lr: float
+    checks: list[dict] = field(default_factory=list)
+    adaptations: list[dict] = field(default_factory=list)
+    reached: bool = False
+    best_target: float = float("inf")
+    since_best: int = 0
+
+    def record(self) -> dict:
+        return {"keep_weight": self.keep_weight, "lr": self.lr, "checks": self.checks,
+                "adaptations": self.adaptations, "reached": self.reached,
+                "best_target": self.best_target, "since_best": self.since_best}
+
+    @classmethod
+    def restore(cls, d: dict) -> "BarState":
+        return cls(**d)
+
+
+class BarCheck:
+    """The loop's `check`: measure the validation rates, stop at the bar, adapt otherwise."""
+
+    def __init__(self, method, groups: list[ValGroup], cfg, max_target_rate: float, max_drop: float, *,
+                 seed: int = 0, guidance: float = 4.0, state: BarState | None = None, log=None):
+        if not any(not g.kept for g in groups):
+            raise ValueError("erase to a bar needs validation target prompts (the prompts stage's target.val)")
+        self.method, self.groups, self.cfg = method, groups, cfg
+        self.gate_target, self.gate_drop = max_target_rate, max_drop
+        self.max_target = max_target_rate - cfg.margin
+        self.max_drop = max_drop - cfg.margin
+        self.guidance, self.log = guidance, log or (lambda m: None)
+        self.prompts, self.seeds, self.slices = [], [], {}
+        for g in groups:
+            start = len(self.prompts)
+            for j, p in enumerate(g.prompts[: cfg.max_prompts]):
+                for s in range(cfg.samples_per_prompt):
+                    self.prompts.append(p)
+                    self.seeds.append(seed * 1_000_003 + 7_919 * j + s)  # same seeds at every check
+            self.slices[g.name] = slice(start, len(self.prompts))
+        self.base = self.rates()  # the frozen (starting) model, before any step
+        self.state = state or BarState(keep_weight=method.keep_weight(), lr=method.lr())
+        self.seconds = 0.0
+
+    def resume(self) -> None:
+        """After the method's checkpoint is loaded: its adapted settings are the method's again."""
+        self.method.set_keep_weight(self.state.keep_weight)
+        self.method.set_lr(self.state.lr)
+
+    @torch.no_grad()
+    def rates(self) -> dict[str, float]:
+        images = generate(self.method.parts, self.prompts, self.seeds, steps=self.cfg.sample_steps,
+                          guidance=self.guidance)
+        out = {}
+        for g in self.groups:
+            hits = g.hits(images[self.slices[g.name]])
+            out[g.name] = sum(hits) / len(hits) if hits else float("nan")
+        return out
+
+    def images_of(self, name: str) -> int:
+        s = self.slices[name]
+        return s.stop - s.start
+
+    def __call__(self, done: int, result) -> bool | None:
+        t0 = time.perf_counter()
+        rates = self.rates()
+        target = next(g for g in self.groups if not g.kept)
+        t_rate = rates[target.name]
+        drops = {g.name: self.base[g.name] - rates[g.name] for g in self.groups if g.kept}
+        blocking = {k: d for k, d in drops.items() if d > self.max_drop + 1e-9}
+        failing = {k: d for k, d in drops.items() if d > self.gate_drop + 1e-9}
+        st = self.state
+        check = {"step": done, "val_target": t_rate, "val_keep_drop": drops,
+                 "val_worst_drop": max(drops.values(), default=0.0), "keep_weight": st.keep_weight, "lr": st.lr}
+        st.checks.append(check)
+        if t_rate <= self.max_target + 1e-9 and not blocking:
+            st.reached = True
+            self.log(f"bar reached at step {done}: val target {t_rate:.2f} <= {self.max_target:.2f}, worst kept drop "
+                     f"{check['val_worst_drop']:+.2f} <= {self.max_drop:.2f}")
+            self.seconds += time.perf_counter() - t0
+            return STOP
+        one_image = 1.0 / max(self.images_of(target.name), 1)
+        if t_rate < st.best_target - one_image / 2:
+            st.best_target, st.since_best = t_rate, 0
+        else:
+            st.since_best += 1
+        if self.cfg.adapt:
+            self._adapt(done, t_rate, blocking, failing)
+        self.seconds += time.perf_counter() - t0
+        return None
+
+    def _adapt(self, done: int, t_rate: float, blocking: dict[str, float], failing: dict[str, float]) -> None:
+        st, cfg, m = self.state, self.cfg, self.method
+        # A kept concept past the gate itself raises the preservation weight; a drop inside the gate but
+        # outside the margin is one or two validation images, and raising the weight on it slowed the
+        # erasure more than it protected (measured).
+        erased = t_rate <= self.gate_target + 1e-9
+        # once the target is within its gate, any kept concept outside the margin may take a stronger term
+        if (failing or (erased and blocking)) and m.keep is not None:
+            start = m.initial_keep_weight
+            new = min(st.keep_weight * cfg.keep_weight_factor, start * cfg.max_keep_weight_factor)
+            if new > st.keep_weight:
+                self._change(done, "keep_weight", st.keep_weight, new, "kept concept(s) dropped: "
+                             + ", ".join(f"{k} {d:+.2f}" for k, d in (failing or blocking).items()))
+                st.keep_weight = new
+                m.set_keep_weight(new)
+        if erased and blocking:
+            # Erased, but the kept concepts are not back inside the margin: smaller steps consolidate
+            # (large ones kept swinging the target back, measured).
+            new = max(st.lr / cfg.lr_factor, m.initial_lr * cfg.min_lr_factor)
+            if new < st.lr:
+                self._change(done, "lr", st.lr, new, f"val target {t_rate:.2f} within the gate, kept concept(s) "
+                                                      "outside the margin: consolidate")
+                st.lr = new
+                m.set_lr(new)
+            return
+        # Near the bar (between the stop threshold and the gate itself) the last images go slowly and a
+        # bigger step mostly damages the kept concepts (measured): only a target clearly above the gate
+        # gets a bigger step.
+        if t_rate > self.gate_target + 1e-9 and st.since_best >= cfg.patience and not failing:
+            new = min(st.lr * cfg.lr_factor, m.initial_lr * cfg.max_lr_factor)
+            if new > st.lr:
+                self._change(done, "lr", st.lr, new, f"val target {t_rate:.2f} made no progress for "
+                                                      f"{st.since_best} checks")
+                st.lr, st.since_best = new, 0
+                m.set_lr(new)
+
+    def _change(self, done, what, old, new, why) -> None:
+        self.state.adaptations.append({"step": done, "what": what, "from": old, "to": new, "why": why})
+        self.log(f"step {done}: {what} {old:g} -> {new:g} ({why})")
+
+    def report(self) -> str:
+        last = self.state.checks[-1] if self.state.checks else None
+        if last is None:
+            return "no check ran"
+        worst = max(last["val_keep_drop"].items(), key=lambda kv: kv[1], default=("-", 0.0))
+        return (f"after {last['step']} steps: val target {last['val_target']:.2f} (bar {self.max_target:.2f}), worst "
+                f"kept drop {worst[0]} {worst[1]:+.2f} (bar {self.max_drop:.2f}); "
+                f"{len(self.state.adaptations)} adaptation(s)")
