@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--name", default="concept_set")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--merge", nargs="*", default=None, metavar="JSON",
+                    help="only merge these result files into --name's and rewrite its table and plot")
     a = ap.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -234,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     store = a.out / f"{a.name}.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.merge is not None:
+        for f in a.merge:
+            results.update(json.loads(Path(f).read_text()))
+        store.write_text(json.dumps(results, indent=2) + "\n")
+        (a.out / f"{a.name}.md").write_text(markdown(results))
+        plot(results, a.out / f"{a.name}.png")
+        return 0
     for name, kind, detect, _subset in chosen:
         for m in methods:
             key = f"{name}/{m}"
@@ -241,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             r = run_one(name, kind, detect, m, a.workspace, a.progress)
             r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-            results[key] = r
+            # read again before writing: another run of this benchmark may have added its rows meanwhile
+            results = {**(json.loads(store.read_text()) if store.is_file() else {}), key: r}
             store.write_text(json.dumps(results, indent=2) + "\n")
             (a.out / f"{a.name}.md").write_text(markdown(results))
             plot(results, a.out / f"{a.name}.png")
