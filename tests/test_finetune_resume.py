@@ -87,3 +87,36 @@ def test_checkpoint_of_other_settings_is_not_resumed(project):
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "state.json").write_text(json.dumps({"step": 1, "history": [], "digest": "0" * 16}))
     assert _finetune(project, steps=2)["resumed_from"] == 0
+
+
+BAR = {"enabled": True, "check_every": 1, "samples_per_prompt": 1, "max_prompts": 1, "sample_steps": 2}
+
+
+def test_bar_reached_stops_early_and_records_the_checks(project):
+    edit_params(project, {"register": {"gates": {"max_target_rate": 1.0, "max_preservation_drop": 1.0}}})
+    try:
+        metrics = _finetune(project, steps=10, to_bar={**BAR, "margin": 0.0})
+    finally:
+        edit_params(project, {"register": {"gates": {"max_target_rate": 0.1, "max_preservation_drop": 0.1}}})
+    assert metrics["steps"] == 1 and metrics["bar"]["reached"]  # every rate is within a gate of 1.0
+    assert metrics["bar"]["checks"][0]["step"] == 1 and "val_target" in metrics["bar"]["checks"][0]
+
+
+def test_bar_not_reached_fails_writes_nothing_and_the_run_is_failed(project):
+    from trust.methods.stopping import BarNotReached
+
+    _finetune(project, steps=2, to_bar={"enabled": False})
+    earlier = {p: (project / p).read_bytes() for p in (paths.DELTA, paths.METRICS / "finetune.json")}
+    # max_target_rate 0 with a margin: the stop threshold is below 0, never reached
+    edit_params(project, {"register": {"gates": {"max_target_rate": 0.0}}})
+    try:
+        with pytest.raises(BarNotReached, match=r"step budget \(finetune.steps\) ran out .* Nothing was written"):
+            _finetune(project, steps=3, to_bar={**BAR, "margin": 0.05})
+    finally:
+        edit_params(project, {"register": {"gates": {"max_target_rate": 0.1}}})
+    assert {p: (project / p).read_bytes() for p in earlier} == earlier  # the earlier outputs, untouched
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("trust").experiment_id],
+                                      "tags.`trust.stage` = 'finetune'", order_by=["attributes.start_time DESC"])
+    assert runs[0].info.status == "FAILED" and "val_target" in runs[0].data.metrics
