@@ -45,7 +45,7 @@ def _method(setup, **ft):
 
 
 def _bar(method, target, kept, **cfg):
-    cfg = ToBarParams(samples_per_prompt=10, max_prompts=1, sample_steps=2, **cfg)
+    cfg = ToBarParams(**{"samples_per_prompt": 10, "max_prompts": 1, "sample_steps": 2, "confirm_steps": None, **cfg})
     groups = [ValGroup("target", ["a red circle"], scripted(target), kept=False),
               ValGroup("square", ["a red square"], scripted(kept))]
     return BarCheck(method, groups, cfg, max_target_rate=0.10, max_drop=0.10)
@@ -118,3 +118,14 @@ def test_the_loop_stops_at_the_bar_and_a_time_budget_ends_training(setup):
     m = _method(setup)
     result = train(m, 10_000, max_seconds=0.0)
     assert result.out_of_time and result.steps_run == 1
+
+
+def test_a_bar_met_on_few_sampling_steps_is_confirmed_on_the_gates_steps(setup):
+    m = _method(setup)
+    # calls: base (2 steps), base (3 steps), check 1 (2 steps) meets the bar, its confirmation (3 steps)
+    # does not -> go on; check 2 meets it and its confirmation holds -> stop
+    bar = _bar(m, [1.0, 1.0, 0.0, 0.3, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], confirm_steps=3)
+    assert bar(1, None) is None and not bar.state.reached
+    assert bar.state.checks[0]["confirm"] == {"steps": 3, "val_target": 0.3, "val_keep_drop": {"square": 0.0},
+                                              "held": False}
+    assert bar(2, None) is STOP and bar.state.reached and bar.state.checks[1]["confirm"]["held"]

@@ -185,7 +185,11 @@ class ToBarParams(_Strict):
                                                          "kept concept's val drop <= max_preservation_drop - margin")
     samples_per_prompt: int = Field(4, ge=1, description="images per validation prompt (fixed seeds)")
     max_prompts: int = Field(8, ge=1, description="validation prompts per role (the target, each kept concept)")
-    sample_steps: int = Field(10, ge=1, description="sampling steps of the check's images (evaluate.steps: the gates')")
+    sample_steps: int = Field(10, ge=1, description="sampling steps of the check's images")
+    confirm_steps: int | None = Field(
+        20, ge=1, description="the bar met, it is checked again on images of this many sampling steps (the evaluate "
+                              "stage's: ANT+fusion met it at 10 and showed triangles at 20, held-out 0.11); null: no "
+                              "second check")
     adapt: bool = Field(True, description="adapt when the bar is not held (below); false: only stop")
     keep_weight_factor: float = Field(1.5, gt=1, description="a kept concept blocks the stop: preservation weight x this")
     max_keep_weight_factor: float = Field(8.0, ge=1, description="... up to this x the configured weight")

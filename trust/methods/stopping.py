@@ -4,7 +4,8 @@ At each check the current weights sample the *validation* prompts (the prompts s
 split: never the held-out `eval` prompts the gates are measured on) with fixed seeds, few images
 and few sampling steps, and a judge says which images show what: the target's rate and every kept
 concept's rate, the latter against the frozen model's rate on the same prompts and seeds (measured
-once, before training). Training stops when both hold with a margin:
+once, before training). Training stops when both hold with a margin, on the check's few sampling
+steps and then again on the gates' own (`confirm_steps`):
 
     val target rate <= register.gates.max_target_rate - margin
     every kept concept's val drop <= register.gates.max_preservation_drop - margin
@@ -90,6 +91,9 @@ class BarCheck:
                     self.seeds.append(seed * 1_000_003 + 7_919 * j + s)  # same seeds at every check
             self.slices[g.name] = slice(start, len(self.prompts))
         self.base = self.rates()  # the frozen (starting) model, before any step
+        # ... and at the confirmation's sampling steps (below)
+        self.base_confirm = (self.rates(cfg.confirm_steps) if cfg.confirm_steps and cfg.confirm_steps != cfg.sample_steps
+                             else None)
         self.state = state or BarState(keep_weight=method.keep_weight(), lr=method.lr())
         self.seconds = 0.0
 
@@ -99,8 +103,8 @@ class BarCheck:
         self.method.set_lr(self.state.lr)
 
     @torch.no_grad()
-    def rates(self) -> dict[str, float]:
-        images = generate(self.method.parts, self.prompts, self.seeds, steps=self.cfg.sample_steps,
+    def rates(self, steps: int | None = None) -> dict[str, float]:
+        images = generate(self.method.parts, self.prompts, self.seeds, steps=steps or self.cfg.sample_steps,
                           guidance=self.guidance)
         out = {}
         for g in self.groups:
@@ -124,7 +128,7 @@ class BarCheck:
         check = {"step": done, "val_target": t_rate, "val_keep_drop": drops,
                  "val_worst_drop": max(drops.values(), default=0.0), "keep_weight": st.keep_weight, "lr": st.lr}
         st.checks.append(check)
-        if t_rate <= self.max_target + 1e-9 and not blocking:
+        if t_rate <= self.max_target + 1e-9 and not blocking and self._confirmed(done, check):
             st.reached = True
             self.log(f"bar reached at step {done}: val target {t_rate:.2f} <= {self.max_target:.2f}, worst kept drop "
                      f"{check['val_worst_drop']:+.2f} <= {self.max_drop:.2f}")
@@ -139,6 +143,22 @@ class BarCheck:
             self._adapt(done, t_rate, blocking, failing)
         self.seconds += time.perf_counter() - t0
         return None
+
+    def _confirmed(self, done: int, check: dict) -> bool:
+        """The bar, met on the check's few sampling steps, holds on the gates' own (`confirm_steps`,
+        the evaluate stage's): an erased model can look erased at 10 steps and draw the concept at 20."""
+        steps = self.cfg.confirm_steps
+        if not steps or steps == self.cfg.sample_steps:
+            return True
+        rates = self.rates(steps)
+        target = next(g for g in self.groups if not g.kept).name
+        drops = {g.name: self.base_confirm[g.name] - rates[g.name] for g in self.groups if g.kept}
+        ok = rates[target] <= self.max_target + 1e-9 and all(d <= self.max_drop + 1e-9 for d in drops.values())
+        check["confirm"] = {"steps": steps, "val_target": rates[target], "val_keep_drop": drops, "held": ok}
+        if not ok:
+            self.log(f"step {done}: bar met at {self.cfg.sample_steps} sampling steps, not at {steps} (val target "
+                     f"{rates[target]:.2f}, worst kept drop {max(drops.values(), default=0.0):+.2f}): going on")
+        return ok
 
     def _adapt(self, done: int, t_rate: float, blocking: dict[str, float], failing: dict[str, float]) -> None:
         st, cfg, m = self.state, self.cfg, self.method
