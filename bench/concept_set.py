@@ -177,9 +177,11 @@ def markdown(results: dict) -> str:
             if rs:
                 passed = sum(bool(r.get("passed")) for r in rs)
                 margins = [r.get("margin_images", -math.inf) if r.get("bar_reached") else -math.inf for r in rs]
+                med = statistics.median(margins)
                 lines.append(f"- {m}: {passed}/{len(rs)} pass ({100 * passed / len(rs):.0f}%), median margin "
-                             f"{statistics.median(margins):.1f} images, longest fine-tuning "
-                             f"{max(r.get('finetune_s', 0) for r in rs):.0f} s")
+                             + (f"{med:.1f} images" if med > -math.inf else "none (the median concept fails its budget)")
+                             + ", longest fine-tuning "
+                             f"{max(r.get('finetune_s', 0) for r in rs):.0f} s (a budget failure's time includes set-up)")
         lines.append("")
     return "\n".join(lines)
 
