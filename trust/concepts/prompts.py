@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from trust.concepts.neighbours import resolve
-from trust.concepts.words import SLOT_VALUES, expand, labels_of, paraphrase, slots_of, synonym_variants
+from trust.concepts.words import SLOT_VALUES, expand, labels_of, paraphrase, slots_of, synonym_variants, word_for
 from trust.world.captions import fix_articles
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def build_prompt_sets(concept: "ConceptParams", cfg: "PromptsParams", world: boo
     # was written from, so each is on every side
     if heads:
         def key(r):
-            return tuple(_word(r["prompt"], h) for h in heads)
+            return tuple(word_for(r["prompt"], h) for h in heads)
     else:
         def key(r):
             return r.get("source", ())
@@ -100,12 +100,6 @@ def build_prompt_sets(concept: "ConceptParams", cfg: "PromptsParams", world: boo
     parts = [split3(g, lambda r: (), cfg.max_per_keep, cfg, rng) for g in groups if g]
     out["preserve"] = {s: [r for p in parts for r in p[s]] for s in SPLITS}
     return out
-
-
-def _word(prompt: str, head: str) -> str | None:
-    from trust.concepts.words import word_for
-
-    return word_for(prompt, head)
 
 
 def _dedupe(rows: list[dict]) -> list[dict]:

@@ -102,12 +102,13 @@ def val_groups(params: Params, root: Path, sets: dict) -> list[ValGroup]:
             return lambda images: detected(classifier.predict(images.float()), want)
 
         groups = [ValGroup("target", target, judge(concept.detect), kept=False)]
+        from trust.concepts import shows
         from trust.stages.evaluate import keep_name
 
         for want in concept.keep:
-            shows = [r["prompt"] for r in val["preserve"] if all(r["labels"].get(h) == v for h, v in want.items())]
-            if shows:
-                groups.append(ValGroup(keep_name(want), shows, judge(want)))
+            showing = [r["prompt"] for r in val["preserve"] if shows(r["labels"], want)]
+            if showing:
+                groups.append(ValGroup(keep_name(want), showing, judge(want)))
         return groups
     from trust.detectors import build_detector
 
