@@ -4,14 +4,21 @@
 2. Re-evaluate it (recorded base + its delta) with the current prompt and attack sets.
 3. Leak rate (the highest of its target rate and every attack's success rate) <=
    `register.gates.max_target_rate`: nothing to do ("still erased").
-4. Otherwise fine-tune again *from the production model* with the successful prompts added
-   to the forget prompts, express the result as one delta against the ORIGINAL base model
-   (so `trust load MODEL@production` keeps working), evaluate it against that base, register it
-   (alias `candidate`, `production` only if the gates pass); its lineage names the parent version.
+4. Otherwise repair it in rounds (at most `reerase.max_rounds`): fine-tune again *from the
+   production model* with every prompt that broke through so far added to the forget prompts
+   and the adversarial option on (`reerase.adversarial`: the inner attack of
+   trust/methods/adversarial.py), express the result as one delta against the ORIGINAL base
+   model (so `trust load MODEL@production` keeps working) and evaluate it against that base
+   (preservation cannot drift round by round), attacks included. The first round whose gates
+   all pass (the leak rate included: register.gates.max_asr is at most max_target_rate) is
+   registered and promoted; otherwise what broke through it joins the next round. When the
+   rounds are spent, the best one is registered as `candidate` only and the flow run fails
+   (RepairFailed), naming the gate and the measured value. Lineage names the parent version.
 
-Everything runs in a workspace `<reerase.workspace>/<UTC time>-<flow run id>/` (`check/`, `erase/`,
-each with a derived params.yaml); the project's DVC outputs are never touched. One MLflow
-parent run (`trust.flow=reerase`) holds a nested `check` run and the re-erasure's stage runs.
+Everything runs in a workspace `<reerase.workspace>/<UTC time>-<flow run id>/` (`check/`,
+`round-1/`, ..., each with derived params files); the project's DVC outputs are never touched.
+One MLflow parent run (`trust.flow=reerase`) holds a nested `check` run and one `round N` run per
+round (its metrics: target and leak rate, worst kept drop; its stage runs nested under it).
 """
 
 from __future__ import annotations
@@ -28,12 +35,13 @@ from prefect.runtime import flow_run as prefect_flow_run
 from tasks import reerase as t
 from trust import tracking
 from trust.config import load_params
-from trust.reerase import derive_params
+from trust.reerase.repair import failure_message, repair
 from trust.utils.safetensors_io import write_json
 
 STILL_ERASED = "still erased"
 PROMOTED = "re-erased: new version promoted to production"
 CANDIDATE_ONLY = "re-erased: new version registered as candidate only (gates failed)"
+NOT_REPAIRED = "not repaired: no repair round reached its fine-tuning bar"
 
 
 def _threads() -> None:
@@ -86,40 +94,71 @@ def reerase(params_path: str = "params.yaml", root: str = ".", model_ref: str | 
             client.set_tag(parent.info.run_id, "trust.reerase.status", summary["status"])
             if summary["new_version"]:
                 client.set_tag(parent.info.run_id, "trust.registered_version", f"{prod['name']}/{summary['new_version']}")
+            write_json(summary, ws / "reerase.json")
+            logger.info("reerase: %s", summary["status"])
+            if summary["status"] in (CANDIDATE_ONLY, NOT_REPAIRED):
+                # the flow run (and its MLflow run) ends Failed, naming the gate and the measured value
+                logger.error(summary["message"])
+                raise RepairFailed(summary["message"], summary)
     finally:
         if previous is None:
             os.environ.pop(tracking.PREFECT_ENV, None)
         else:
             os.environ[tracking.PREFECT_ENV] = previous
-    write_json(summary, ws / "reerase.json")
-    logger.info("reerase: %s", summary["status"])
     return summary
 
 
+class RepairFailed(RuntimeError):
+    """Every repair round was spent without one passing its gates; the flow run ends Failed."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
 def _reerase(prod: dict, check: dict, params, params_file: Path, root: Path, ws: Path) -> dict:
+    """Repair rounds (trust/reerase/repair.py), each a `round N` MLflow run with its stage runs and a
+    line in the flow's log; the passing round is registered and promoted, else the best one as
+    candidate only."""
     logger = get_run_logger()
-    added = [r["prompt"] for r in check["successful"]]
-    logger.info("%s leaks (leak rate %.3f > %.3f): fine-tuning again with %d successful prompt(s) added",
-                prod["pinned"], check["leak_rate"], check["gate"], len(added))
-    model_dir, erase = ws / "model", ws / "erase"
+    logger.info("%s leaks (leak rate %.3f > %.3f): repairing in at most %d round(s), %d successful prompt(s) to add",
+                prod["pinned"], check["leak_rate"], check["gate"], params.reerase.max_rounds, len(check["successful"]))
+    model_dir = ws / "model"
     t.materialise(prod, str(model_dir), params.model.device)
+
+    def run_round(r: int, added: list[str]):
+        rd = t.repair_round(prod, str(params_file), str(root), str(ws / f"round-{r}"), str(model_dir), added, r)
+        if not rd.evaluated:
+            logger.warning("round %d: fine-tuning did not reach its bar: %s", r, rd.error)
+        else:
+            logger.info("round %d (%d added prompt(s)): leak rate %.3f (target %.3f, attacks %s), worst kept drop "
+                        "%.3f: %s", r, len(added), rd.leak_rate, rd.target_rate, rd.asr or "-", rd.worst_drop,
+                        "passed" if rd.passed else "failed " + ", ".join(
+                            f"{k} {v['value']:.3f} > {v['limit']}" for k, v in rd.failed_gates.items()))
+        return rd
+
     try:
-        # evaluate + register: against the ORIGINAL base (preservation never drifts across re-erasures);
-        # localize + finetune: from the production model.
-        derive_params(params, root, erase / "params.yaml", Path(prod["base_model"]), added)
-        derive_params(params, root, erase / "params.finetune.yaml", model_dir, added)
-        t.erase_prompts(str(erase / "params.yaml"), str(erase), added)
-        t.stage("localize", str(erase / "params.finetune.yaml"), str(erase))
-        t.stage("finetune", str(erase / "params.finetune.yaml"), str(erase))
-        t.compose_delta(prod, str(erase), params.model.device)
-        evaluated = t.stage("evaluate", str(erase / "params.yaml"), str(erase))
-        result = t.register(prod, check, str(erase / "params.yaml"), str(root), str(erase))
+        rep = repair(check["successful"], params.reerase.max_rounds, params.reerase.max_added_prompts, run_round,
+                     log=logger.info)
+        result = None
+        if rep.chosen is not None:
+            folder = Path(rep.chosen.folder)
+            rows = [{"prompt": q} for q in rep.chosen.added]
+            result = t.register(prod, {**check, "successful": rows}, str(folder / "params.yaml"), str(root),
+                                str(folder))
     finally:
         if not params.reerase.keep_model:
             shutil.rmtree(model_dir, ignore_errors=True)
-    logger.info("registered %s v%s (%s); target rate %.3f", result["model_name"], result["version"],
-                ", ".join(result["aliases"]), evaluated.get("target_rate", float("nan")))
-    return {"status": PROMOTED if result["passed"] else CANDIDATE_ONLY, "new_version": result["version"],
-            "promoted": result["passed"], "failed_gates": result["failed_gates"],
-            "new_target_rate": evaluated.get("target_rate"), "aliases": result["aliases"],
-            "params_file": str(erase / "params.yaml")}
+    out = {"rounds": [r.record() for r in rep.rounds], "new_version": None, "promoted": False, "failed_gates": [],
+           "aliases": [], "new_target_rate": None, "new_leak_rate": None}
+    if result is not None:
+        c = rep.chosen
+        logger.info("registered %s v%s (%s) from round %d; leak rate %.3f", result["model_name"], result["version"],
+                    ", ".join(result["aliases"]), c.round, c.leak_rate)
+        out.update(new_version=result["version"], promoted=result["passed"], failed_gates=result["failed_gates"],
+                   aliases=result["aliases"], new_target_rate=c.target_rate, new_leak_rate=c.leak_rate, round=c.round,
+                   params_file=str(Path(c.folder) / "params.yaml"))
+    out["status"] = PROMOTED if out["promoted"] else CANDIDATE_ONLY if result is not None else NOT_REPAIRED
+    if not out["promoted"]:
+        out["message"] = failure_message(prod["pinned"], check, rep, params.reerase.max_rounds)
+    return out

@@ -42,22 +42,10 @@ def materialise(prod: dict, folder: str, device: str) -> dict:
     return reerase.materialise(prod, Path(folder), device)
 
 
-@task(name="reerase-prompts", **TASK)
-def erase_prompts(params_path: str, folder: str, forced: list[str]) -> dict:
-    """The prompts stage in the workspace, with the successful prompts forced into the forget set."""
-    return reerase.erase_prompts(load_params(params_path), Path(folder), forced)
-
-
-@task(name="reerase-stage", task_run_name="{stage}", **TASK)
-def stage(stage: str, params_path: str, folder: str) -> dict:
-    """One library stage in the workspace folder (localize, finetune, evaluate); its scalar results."""
-    return reerase.stage_summary(reerase.run_stage(stage, load_params(params_path), Path(folder)))
-
-
-@task(name="compose-delta", **TASK)
-def compose_delta(prod: dict, folder: str, device: str) -> dict:
-    """One delta against the ORIGINAL base: base + production delta + the new delta."""
-    return reerase.compose_delta(prod, Path(folder), device)
+@task(name="repair-round", task_run_name="round-{r}", **TASK)
+def repair_round(prod: dict, params_path: str, root: str, folder: str, model_dir: str, added: list[str], r: int):
+    """One repair round: fine-tune from production with `added` prompts, evaluate against the original base."""
+    return reerase.run_round(prod, load_params(params_path), Path(root), Path(folder), Path(model_dir), added, r)
 
 
 @task(name="reerase-register", **TASK)

@@ -51,25 +51,41 @@ def test_production_within_the_gate_registers_nothing(project):
     assert _hashes(project) == before  # the project's own DVC outputs are never touched
 
 
-def test_leaking_production_is_fine_tuned_again_from_itself(project):
-    edit_params(project, {"register": {"gates": {"max_target_rate": 0.0}}})
+def test_leaking_production_is_repaired_in_rounds_and_the_flow_fails_when_they_are_spent(project):
+    # gate 0.0: the tiny erasure leaks, and no 4-step round can reach a leak rate of 0 on 22 prompts
+    edit_params(project, {"register": {"gates": {"max_target_rate": 0.0}}, "reerase": {"max_rounds": 2}})
     before = _hashes(project)
     v1 = client(project).get_model_version(NAME, "1")
     res = trust(project, "reerase")
     out = res.stdout + res.stderr
+    flat = " ".join(out.split())
     summary = _summary(project, out)
     print(json.dumps(summary, indent=1))
     assert summary["leak_rate"] > summary["gate"] == 0.0, out[-3000:]
-    assert summary["new_version"] == 2, out[-3000:]
-    # Promotion follows the gates: exit 0 and production -> v2, or exit 3 and production stays v1.
+    # both rounds ran, each evaluated; the best is registered as candidate only and the flow run is Failed
+    assert [r["round"] for r in summary["rounds"]] == [1, 2], out[-3000:]
+    assert all(r["leak_rate"] > 0.0 and not r["passed"] for r in summary["rounds"])
+    assert res.returncode == 3, out[-3000:]
+    assert "flow run Failed" in flat and "2 repair round(s) spent without passing" in flat
+    best = next(r for r in summary["rounds"] if r["round"] == summary["round"])
+    assert f"max_target_rate {best['target_rate']:.3f} > 0.0" in flat or f"max_asr {best['leak_rate']:.3f} > 0.0" in flat
+    assert summary["new_version"] == 2 and not summary["promoted"]
     c = client(project)
-    production = c.get_model_version_by_alias(NAME, "production").version
+    assert str(c.get_model_version_by_alias(NAME, "production").version) == "1"
     assert str(c.get_model_version_by_alias(NAME, "candidate").version) == "2"
-    if summary["promoted"]:
-        assert res.returncode == 0 and str(production) == "2"
-    else:
-        assert res.returncode == 3 and str(production) == "1", out[-3000:]
-        assert "production unchanged" in " ".join(out.split())
+    # MLflow shows the truth: the flow's run FAILED, one `round N` run per round with its leak rate
+    parent = c.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FAILED"
+    rounds = c.search_runs([parent.info.experiment_id], "tags.`trust.stage` = 'reerase-round' and "
+                           f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["trust.round"] for r in rounds) == ["1", "2"]
+    assert all(r.data.metrics["leak_rate"] > 0.0 and r.data.tags["trust.round.result"].startswith("failed")
+               for r in rounds)
+    # round 2 trained on what broke through round 1 as well
+    r2 = json.loads((Path(summary["workspace"]) / "round-2" / "data" / "prompts.json").read_text())
+    r1 = json.loads((Path(summary["workspace"]) / "round-1" / "data" / "prompts.json").read_text())
+    assert set(r1["reerase"]["forced_prompts"]) <= set(r2["reerase"]["forced_prompts"])
+    assert summary["rounds"][1]["added_prompts"] >= summary["rounds"][0]["added_prompts"]
 
     # Lineage names the parent version: registry tag, package (hash-checked) and delta metadata.
     v2 = c.get_model_version(NAME, "2")

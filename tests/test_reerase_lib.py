@@ -53,3 +53,63 @@ def test_forced_prompts_are_trained_on_and_measured_first(tmp_path, shipped_para
     assert train[-2]["labels"] == {"shape": "circle", "colour": "red", "background": "striped"} and train[-2]["anchor"]
     assert counts == {"target_train": len(train), "target_eval": len(held)}
     assert out["reerase"] == {"forced_prompts": [new, known]}
+
+
+def _scripted(outcomes: dict[int, dict]):
+    """A run_round whose round r returns outcomes[r] (leak, drop, broke) and records what it was given."""
+    from trust.reerase.repair import Round
+
+    given = {}
+
+    def run_round(r: int, added: list[str]) -> Round:
+        given[r] = list(added)
+        o = outcomes[r]
+        if o.get("bar") is False:
+            return Round(r, added, error="bar not reached")
+        passed = o["leak"] <= 0.10 and o["drop"] <= 0.10
+        failed = {} if passed else {"max_asr": {"value": o["leak"], "limit": 0.10}} if o["leak"] > 0.10 else \
+            {"max_preservation_drop": {"value": o["drop"], "limit": 0.10}}
+        return Round(r, added, passed=passed, leak_rate=o["leak"], target_rate=0.0, worst_drop=o["drop"],
+                     failed_gates=failed, broke_through=[{"prompt": p} for p in o.get("broke", [])])
+    return run_round, given
+
+
+def test_repair_stops_at_the_first_round_that_passes_and_adds_what_broke_through():
+    from trust.reerase.repair import repair
+
+    run_round, given = _scripted({1: {"leak": 0.30, "drop": 0.02, "broke": ["on object object", "a red circle"]},
+                                  2: {"leak": 0.05, "drop": 0.04}, 3: {"leak": 0.0, "drop": 0.0}})
+    rep = repair([{"prompt": "a red circle"}], 3, 32, run_round)
+    assert [r.round for r in rep.rounds] == [1, 2] and 3 not in given  # stopped at round 2
+    assert rep.passed and rep.chosen.round == 2
+    assert given[1] == ["a red circle"]
+    assert given[2] == ["a red circle", "on object object"]  # round 1's new find joins, once
+
+
+def test_repair_budget_spent_returns_the_best_round_and_names_the_gate():
+    from trust.reerase.repair import failure_message, repair
+
+    run_round, given = _scripted({1: {"leak": 0.40, "drop": 0.0, "broke": ["x y"]}, 2: {"bar": False},
+                                  3: {"leak": 0.05, "drop": 0.20}})
+    rep = repair([], 3, 32, run_round)
+    assert len(rep.rounds) == 3 and not rep.passed
+    assert rep.chosen.round == 3  # max(leak, drop) 0.20 < 0.40
+    msg = failure_message("m/1", {"leak_rate": 0.5, "gate": 0.1}, rep, 3)
+    assert "max_preservation_drop 0.200 > 0.1" in msg and "best round 3" in msg and "production unchanged" in msg
+    run_round, _ = _scripted({1: {"bar": False}, 2: {"bar": False}})
+    rep = repair([], 2, 32, run_round)
+    assert rep.chosen is None and "none of 2 repair round(s) reached" in failure_message("m/1", {"leak_rate": 0.5,
+                                                                                               "gate": 0.1}, rep, 2)
+
+
+def test_repair_rounds_gate_the_leak_rate_and_turn_the_inner_attack_on(tmp_path, shipped_params, root):
+    from trust.reerase.repair import round_params
+
+    prod = {"base_model": str(root / "models" / "world")}
+    (tmp_path / "model").symlink_to(root / "models" / "world")  # the materialised production model
+    ev, ft = round_params(shipped_params, root, prod, tmp_path / "model", tmp_path / "round-2", ["a b"], 2)
+    assert ev.registry.gates.max_asr == shipped_params.registry.gates.max_target_rate
+    assert ev.model.base == (root / "models" / "world").resolve() and ft.model.base == (tmp_path / "model").resolve()
+    assert ev.registry.gates.max_target_rate == shipped_params.registry.gates.max_target_rate
+    assert ft.finetune.adversarial.enabled and ft.finetune.seed == shipped_params.finetune.seed + 1
+    assert "a b" in ft.concept.literal_targets

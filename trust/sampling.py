@@ -58,13 +58,33 @@ def generate(
     """Images (N, 3, H, W) in [-1, 1], image i from prompts[i] and seeds[i]."""
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    return _generate(parts, lambda i, j: parts.encode_text(prompts[i:j]), seeds, steps, guidance, batch_size, grad,
+                     progress)
+
+
+def generate_from(
+    parts: DiffusionParts,
+    cond: torch.Tensor,
+    seeds: list[int],
+    steps: int = 20,
+    guidance: float = 4.0,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Like `generate`, from text-encoder conditions (N, L, D) instead of prompts (an attack's
+    adversarial conditions, which may be no typable prompt)."""
+    if len(cond) != len(seeds):
+        raise ValueError(f"got {len(cond)} conditions but {len(seeds)} seeds; give one seed per condition")
+    return _generate(parts, lambda i, j: cond[i:j].to(parts.unet.device), seeds, steps, guidance, batch_size)
+
+
+def _generate(parts, cond_of, seeds, steps, guidance, batch_size, grad=False, progress=False) -> torch.Tensor:
     ctx = contextlib.nullcontext() if grad else torch.no_grad()
     out = []
     with ctx:
         uncond = parts.encode_text([""])
-        for i in tqdm(range(0, len(prompts), batch_size), desc="sampling", disable=not progress, leave=False):
-            p, s = prompts[i : i + batch_size], seeds[i : i + batch_size]
+        for i in tqdm(range(0, len(seeds), batch_size), desc="sampling", disable=not progress, leave=False):
+            s = seeds[i : i + batch_size]
             latents = initial_noise(parts, s).to(parts.unet.device) * parts.sampling_scheduler().init_noise_sigma
-            latents = denoise(parts, latents, parts.encode_text(p), uncond, steps, guidance)
+            latents = denoise(parts, latents, cond_of(i, i + batch_size), uncond, steps, guidance)
             out.append(parts.decode_latents(latents).clamp(-1, 1))
     return torch.cat(out)

@@ -34,8 +34,9 @@ def reerase_cmd(
 ) -> None:
     """Run the `reerase` flow once: re-check the production model, re-erase it if it leaks.
 
-    Exit 0: still erased, or re-erased and promoted; 3: a new version was registered but
-    failed a gate (production unchanged); 2: invalid params or no such registered model.
+    Exit 0: still erased, or repaired and promoted; 3: the repair rounds (reerase.max_rounds) were
+    spent without one passing its gates (the best is registered as candidate only, production
+    unchanged; the flow run is Failed); 2: invalid params or no such registered model.
     """
     from mlflow.exceptions import MlflowException
 
@@ -43,23 +44,34 @@ def reerase_cmd(
     from trust.registry import RegistryError
 
     _params(params)
-    from flows.reerase import reerase
+    from flows.reerase import RepairFailed, reerase
 
-    try:
-        summary = reerase(str(params.resolve()), str(Path.cwd()), model)
-    except (RegistryError, ModelLoadError, MlflowException, FileNotFoundError) as e:
-        _fail(str(e))
+    failed = None
+    state = reerase(str(params.resolve()), str(Path.cwd()), model, return_state=True)
+    if state.is_failed():
+        e = state.result(raise_on_failure=False)
+        if isinstance(e, (RegistryError, ModelLoadError, MlflowException, FileNotFoundError)):
+            _fail(str(e))
+        if not isinstance(e, RepairFailed):
+            raise e
+        failed, summary = e, e.summary  # the repair rounds were spent without passing
+    else:
+        summary = state.result()
     console.print(f"checked {summary['checked']}: leak rate {summary['leak_rate']:.3f} (target rate "
                   f"{summary['target_rate']:.3f}, attacks {summary['asr'] or '-'}; gate {summary['gate']})",
                   soft_wrap=True, markup=False)
+    for r in summary.get("rounds", []):
+        what = (f"leak rate {r['leak_rate']:.3f}, target rate {r['target_rate']:.3f}, worst kept drop "
+                f"{r['worst_drop']:.3f}: {'passed' if r['passed'] else 'failed ' + ', '.join(r['failed_gates'])}"
+                if "leak_rate" in r else "fine-tuning did not reach its bar")
+        console.print(f"round {r['round']} ({r['added_prompts']} added prompt(s)): {what}", soft_wrap=True,
+                      markup=False)
     if summary.get("new_version"):
-        console.print(f"new version {summary['new_version']} ({', '.join(summary['aliases'])}), target rate "
-                      f"{summary['new_target_rate']:.3f}; added prompts: {summary['successful_prompts']}",
-                      soft_wrap=True, markup=False)
+        console.print(f"new version {summary['new_version']} ({', '.join(summary['aliases'])}) from round "
+                      f"{summary.get('round')}, leak rate {summary['new_leak_rate']:.3f}", soft_wrap=True, markup=False)
     console.print(f"{summary['status']}; workspace {summary['workspace']}", soft_wrap=True, markup=False)
-    if summary.get("new_version") and not summary["promoted"]:
-        err.print(f"gate(s) failed: {', '.join(summary['failed_gates'])}; production unchanged",
-                  style="red", soft_wrap=True, markup=False)
+    if failed is not None:
+        err.print(f"flow run {state.name}: {failed}", style="red", soft_wrap=True, markup=False)
         raise typer.Exit(GATE_FAILED_EXIT)
 
 @app.command("schedule")

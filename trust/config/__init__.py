@@ -200,6 +200,44 @@ class ToBarParams(_Strict):
                                                                "margin: lr / lr_factor, down to this x finetune.lr")
 
 
+class AdversarialParams(_Strict):
+    """Adversarial erasure (trust/methods/adversarial.py; docs/methods.md, Adversarial erasure): every
+    `every` steps an inner attack against the *current* weights finds prefix tokens that bring the
+    concept back for `prompts` training prompts (AdvUnlearn's inner maximisation, with P4D's or
+    UnlearnDiffAtk's objective); the conditions join a pool of `pool_size`, and `share` of every
+    forget batch is drawn from it (the preservation term is unchanged). With to_bar the bar's target
+    rate is also measured under a fresh inner attack on the validation prompts (`check`)."""
+
+    enabled: bool = Field(False, description="on: adversarial erasure (trust, esd, salun, full)")
+    every: int = Field(10, ge=1, description="k: steps between inner attacks (each attacks the current weights)")
+    steps: int = Field(10, ge=1, description="the inner attack's budget: optimisation steps per attack")
+    prompts: int = Field(4, ge=1, description="training prompts attacked per inner attack (one batch)")
+    pool_size: int = Field(16, ge=1, description="adversarial conditions kept (the newest)")
+    share: float = Field(0.5, gt=0, le=1, description="round(share x batch_size) rows from the pool join each forget "
+                                                       "batch (on top of its batch_size clean rows)")
+    space: Literal["tokens", "embedding"] = Field(
+        "tokens", description="tokens: hard prefix tokens, relaxed one-hot over the vocabulary and projected "
+                              "(UnlearnDiffAtk; what a user can type); embedding: free word embeddings (AdvUnlearn's "
+                              "soft prompt; a stronger, untypable attacker)")
+    objective: Literal["p4d", "denoise"] = Field(
+        "p4d", description="p4d: match the original model's noise prediction for the clean prompt; denoise: the "
+                           "current model's own denoising loss on the prompt's reference image (UnlearnDiffAtk)")
+    layout: Literal["prefix", "alone", "both"] = Field(
+        "both", description="prefix: adversarial tokens before the concept prompt (UnlearnDiffAtk); alone: a prompt "
+                            "of adversarial tokens only (P4D-N: on the world P4D broke plain TRUST with prompts such "
+                            "as 'on object object object object object'); both: half the attacked prompts each")
+    tokens: int = Field(5, ge=1, description="adversarial tokens per prompt")
+    protect_kept_words: bool = Field(
+        True, description="the inner attack does not use the kept concepts' own words (on the world: every synonym of "
+                          "a kept label the target does not share): trained toward the anchor, 'object quadrilateral "
+                          "object' taught the model to drop squares, which the preservation term then had to undo")
+    lr: float = Field(0.1, gt=0, description="the inner attack's Adam step size")
+    timesteps: int = Field(4, ge=1, description="noise levels per prompt in each inner-attack step")
+    check: bool = Field(True, description="with to_bar the validation target prompts are attacked afresh at each "
+                                          "check (logged as val_target_attacked); true: the stop also needs that "
+                                          "rate within the bar; false: it is only logged")
+
+
 class FinetuneParams(_Strict):
     """How the concept is erased: the knobs every method shares, and `method`, the chosen method
     with its own knobs (trust/methods/<name>/config.py; docs/methods.md). `method: trust` is short
@@ -214,6 +252,7 @@ class FinetuneParams(_Strict):
     max_seconds: float | None = Field(300.0, gt=0, description="wall-clock budget of training, checks included "
                                                               "(with to_bar the stage fails when it runs out); null: none")
     to_bar: ToBarParams = ToBarParams()
+    adversarial: AdversarialParams = AdversarialParams()
     lr: float = Field(5e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     references: int | None = Field(None, ge=1, description="target images generated once by the frozen model, cycling "
@@ -251,6 +290,15 @@ class FinetuneParams(_Strict):
                                  + f"; method {chosen} has no such knob")
             raise ValueError("; ".join(lines) + ". Write e.g. finetune: {method: {name: " + chosen + ", ...}}")
         return data
+
+    @model_validator(mode="after")
+    def _adversarial_method(self) -> "FinetuneParams":
+        if self.adversarial.enabled and not type(self.method).adversarial:
+            ok = [n for n in METHODS.names() if METHODS.get(n).adversarial]
+            raise ValueError(f"finetune.adversarial.enabled: method {self.method.name} does not train on a forget "
+                             f"batch the inner attack can join; use one of {', '.join(ok)}, or set "
+                             "finetune.adversarial.enabled: false")
+        return self
 
     @model_validator(mode="after")
     def _pipeline_fusion(self) -> "FinetuneParams":
@@ -305,13 +353,20 @@ class TrackingParams(_Strict):
 
 class ReeraseParams(_Strict):
     """Periodic re-erasure (`trust reerase`, `trust schedule`): re-check the production model and,
-    when its target rate exceeds register.gates.max_target_rate, fine-tune it again."""
+    when its leak rate (the highest of its target rate and every attack's success rate) exceeds
+    register.gates.max_target_rate, repair it in rounds until a round passes every gate (the leak rate
+    included) or `max_rounds` are spent (the flow then fails)."""
 
     workspace: Path = Field(Path("runs/reerase"), description="folder of the per-run workspaces (derived params, "
                                                               "prompts, metrics, grids of each re-erasure)")
     max_added_prompts: int = Field(32, ge=1, description="cap on successful prompts added to the forget prompts")
     keep_model: bool = Field(False, description="keep the materialised production model in the workspace "
                                                 "(it is rebuilt from base + delta at any time)")
+    max_rounds: int = Field(3, ge=1, description="repair rounds (attack -> add what broke through -> fine-tune from "
+                                                 "production -> evaluate against the original base) before the "
+                                                 "flow gives up and fails")
+    adversarial: bool = Field(True, description="fine-tune the repair rounds with finetune.adversarial.enabled "
+                                                "(the inner attack), whatever params.yaml's finetune says")
 
 
 class Params(_Strict):

@@ -54,6 +54,11 @@ class Method:
             p.requires_grad_(True)
         self.opt = torch.optim.Adam(list(self.params.values()), lr=ft.lr) if self.params else None
         self.initial_keep_weight, self.initial_lr = self.keep_weight(), ft.lr
+        self.adversary = None
+        if ft.adversarial.enabled:  # finetune.adversarial: an inner attack joins the forget batch
+            from trust.methods.adversarial import Adversary
+
+            self.adversary = Adversary(self)
 
     # -- what a method defines ---------------------------------------------------------
     @classmethod
@@ -105,6 +110,17 @@ class Method:
 
     def current_mask(self) -> dict[str, torch.Tensor]:
         return self.mask
+
+    def forget_batch(self, step: int, info: dict):
+        """The forget batch of `step`: (x_t, t, c_in, c_target, c_anchor). The trained model sees `c_in`;
+        the training target comes from the clean `c_target` / `c_anchor`. With finetune.adversarial
+        the inner attack runs first at every `every`-th step and a share of the rows carry its
+        conditions in `c_in` (trust/methods/adversarial.py); otherwise c_in is c_target."""
+        if self.adversary is None:
+            x_t, t, c_target, c_anchor, _ = self.data.batch(self.parts, self.ft.batch_size, self.ft.seed, step, 1)
+            return x_t, t, c_target, c_target, c_anchor
+        self.adversary.refresh(step, info)
+        return self.adversary.batch(step)
 
     def forget_target(self, x_t, t, c_target, c_anchor) -> torch.Tensor:
         """sg[eps*(x_t,t,c_anchor)] or ESD's negative-guidance target (finetune.forget_target)."""
@@ -164,6 +180,8 @@ class Method:
         for k, m in self.mask.items():
             out[f"mask.{k}"] = m
         out.update(self.extra_state())
+        if self.adversary is not None:
+            out.update(self.adversary.pool.state())
         return out
 
     def load_state_tensors(self, t: dict[str, torch.Tensor]) -> None:
@@ -176,3 +194,5 @@ class Method:
                                          "exp_avg_sq": t[f"adam.{k}.exp_avg_sq"].clone()}
             self.mask = {k.removeprefix("mask."): v.clone() for k, v in t.items() if k.startswith("mask.")} or self.mask
         self.load_extra_state(t)
+        if self.adversary is not None:
+            self.adversary.pool.load(t)

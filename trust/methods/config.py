@@ -22,6 +22,8 @@ class MethodConfig(BaseModel):
     moved_from: ClassVar[dict[str, str]] = {}  # old flat finetune key -> field of this config
     # The pipeline hands the localize stage's mask to a method that starts from it (TRUST).
     starts_from_localize: ClassVar[bool] = False
+    # It trains on the shared forget batch (Method.forget_batch), which adversarial erasure joins.
+    adversarial: ClassVar[bool] = False
 
     @classmethod
     def method_name(cls) -> str:

@@ -34,12 +34,14 @@ STOP = True  # what a check returns to end training early
 class Resources:
     """What some methods need beyond the prompt data: TRUST's `classifier` scorer uses the world
     classifier and the concept's detector labels, its `clip` scorer a loaded CLIP; `scorer`, a ready concept scorer, replaces the one
-    TRUST would build from `localize` (a caller that already has one, a test's spy)."""
+    TRUST would build from `localize` (a caller that already has one, a test's spy); `kept_words`, the
+    kept concepts' words, which adversarial erasure's inner attack does not use."""
 
     classifier: torch.nn.Module | None = None
     detect: dict[str, str] | None = None
     clip: object | None = None  # trust.models.clip.Clip
     scorer: object | None = None
+    kept_words: tuple[str, ...] = ()  # words of the kept concepts (adversarial erasure leaves them out)
 
 
 def build_method(parts: "DiffusionParts", data: ForgetData, ft: FinetuneParams, loc: LocalizeParams,

@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from trust.methods.loop import STOP
-from trust.sampling import generate
+from trust.sampling import generate, generate_from
 
 
 class BarNotReached(RuntimeError):
@@ -74,7 +74,8 @@ class BarCheck:
     """The loop's `check`: measure the validation rates, stop at the bar, adapt otherwise."""
 
     def __init__(self, method, groups: list[ValGroup], cfg, max_target_rate: float, max_drop: float, *,
-                 seed: int = 0, guidance: float = 4.0, state: BarState | None = None, log=None):
+                 seed: int = 0, guidance: float = 4.0, state: BarState | None = None, log=None,
+                 attacked: bool = False, attacked_stops: bool = True):
         if not any(not g.kept for g in groups):
             raise ValueError("erase to a bar needs validation target prompts (the prompts stage's target.val)")
         self.method, self.groups, self.cfg = method, groups, cfg
@@ -96,6 +97,14 @@ class BarCheck:
                              else None)
         self.state = state or BarState(keep_weight=method.keep_weight(), lr=method.lr())
         self.seconds = 0.0
+        # finetune.adversarial: the target's rate is also measured under a fresh inner attack at every
+        # check; with `check` (attacked_stops) the stop rule reads it, otherwise it is only logged
+        self.attack, self.attacked_stops = None, attacked_stops
+        if attacked:
+            from trust.methods.adversarial import ValAttack
+
+            target = next(g for g in groups if not g.kept)
+            self.attack = ValAttack(method, target.prompts[: cfg.max_prompts], seed)
 
     def resume(self) -> None:
         """After the method's checkpoint is loaded: its adapted settings are the method's again."""
@@ -116,22 +125,42 @@ class BarCheck:
         s = self.slices[name]
         return s.stop - s.start
 
+    @torch.no_grad()
+    def attacked_rate(self, cond: torch.Tensor, steps: int | None = None) -> float:
+        """The target's rate on images of the attacked validation conditions (same seeds as its prompts)."""
+        target = next(g for g in self.groups if not g.kept)
+        n = self.cfg.samples_per_prompt
+        seeds = self.seeds[self.slices[target.name]]
+        images = generate_from(self.method.parts, cond.repeat_interleave(n, 0), seeds,
+                               steps=steps or self.cfg.sample_steps, guidance=self.guidance)
+        hits = target.hits(images)
+        return sum(hits) / len(hits)
+
     def __call__(self, done: int, result) -> bool | None:
         t0 = time.perf_counter()
         rates = self.rates()
         target = next(g for g in self.groups if not g.kept)
-        t_rate = rates[target.name]
+        clean = rates[target.name]
+        t_rate, attacked = clean, None
+        if self.attack is not None:  # the stop rule reads the worse of the clean and the attacked rate
+            self._found = self.attack.conditions(done)
+            attacked = self.attacked_rate(self._found.cond)
+            t_rate = max(clean, attacked) if self.attacked_stops else clean
         drops = {g.name: self.base[g.name] - rates[g.name] for g in self.groups if g.kept}
         blocking = {k: d for k, d in drops.items() if d > self.max_drop + 1e-9}
         failing = {k: d for k, d in drops.items() if d > self.gate_drop + 1e-9}
         st = self.state
         check = {"step": done, "val_target": t_rate, "val_keep_drop": drops,
                  "val_worst_drop": max(drops.values(), default=0.0), "keep_weight": st.keep_weight, "lr": st.lr}
+        if attacked is not None:
+            check.update({"val_target_clean": clean, "val_target_attacked": attacked,
+                          "val_attack_prompt": self._found.texts[0]})
         st.checks.append(check)
         if t_rate <= self.max_target + 1e-9 and not blocking and self._confirmed(done, check):
             st.reached = True
-            self.log(f"bar reached at step {done}: val target {t_rate:.2f} <= {self.max_target:.2f}, worst kept drop "
-                     f"{check['val_worst_drop']:+.2f} <= {self.max_drop:.2f}")
+            how = "" if attacked is None else f" (clean {clean:.2f}, attacked {attacked:.2f})"
+            self.log(f"bar reached at step {done}: val target {t_rate:.2f}{how} <= {self.max_target:.2f}, worst kept "
+                     f"drop {check['val_worst_drop']:+.2f} <= {self.max_drop:.2f}")
             self.seconds += time.perf_counter() - t0
             return STOP
         one_image = 1.0 / max(self.images_of(target.name), 1)
@@ -152,12 +181,15 @@ class BarCheck:
             return True
         rates = self.rates(steps)
         target = next(g for g in self.groups if not g.kept).name
+        t_rate = rates[target]
+        if self.attack is not None and self.attacked_stops:  # the same attacked conditions, at the gates' steps
+            t_rate = max(t_rate, self.attacked_rate(self._found.cond, steps))
         drops = {g.name: self.base_confirm[g.name] - rates[g.name] for g in self.groups if g.kept}
-        ok = rates[target] <= self.max_target + 1e-9 and all(d <= self.max_drop + 1e-9 for d in drops.values())
-        check["confirm"] = {"steps": steps, "val_target": rates[target], "val_keep_drop": drops, "held": ok}
+        ok = t_rate <= self.max_target + 1e-9 and all(d <= self.max_drop + 1e-9 for d in drops.values())
+        check["confirm"] = {"steps": steps, "val_target": t_rate, "val_keep_drop": drops, "held": ok}
         if not ok:
             self.log(f"step {done}: bar met at {self.cfg.sample_steps} sampling steps, not at {steps} (val target "
-                     f"{rates[target]:.2f}, worst kept drop {max(drops.values(), default=0.0):+.2f}): going on")
+                     f"{t_rate:.2f}, worst kept drop {max(drops.values(), default=0.0):+.2f}): going on")
         return ok
 
     def _adapt(self, done: int, t_rate: float, blocking: dict[str, float], failing: dict[str, float]) -> None:

@@ -9,19 +9,30 @@ from trust.config import Params, _absolute, load_params
 
 
 
-def derive_params(params: Params, root: Path, path: Path, base: Path, add_targets: list[str] = ()) -> Params:
+def derive_params(params: Params, root: Path, path: Path, base: Path, add_targets: list[str] = (),
+                  finetune: dict | None = None, repair: bool = False) -> Params:
     """Write (and validate) the params.yaml a workspace stage runs with; returns it loaded.
 
     Paths are made absolute against the project `root` (the stage runs in the workspace),
     `model.base` becomes `base` (the model the stage starts from) and `add_targets` are added
     to the concept's forget prompts as literal prompts (`concept.literal_targets`: not expanded,
-    not checked against the world's words).
+    not checked against the world's words). `finetune`: changes to the finetune section
+    (FinetuneParams.updated). `repair`: the params of a repair round, whose registration gates
+    include the leak rate: register.gates.max_asr is at most max_target_rate (a round that still
+    leaks under attack is never promoted, whatever params.yaml gates).
     """
     p = params.model_copy(deep=True)
     _absolute(p, root)  # already absolute when loaded by load_params; a Params built in code may not be
     concept = p.concept.model_copy(update={"literal_targets": list(dict.fromkeys(
         [*p.concept.literal_targets, *add_targets]))})
-    p = p.model_copy(update={"model": p.model.model_copy(update={"base": Path(base).resolve()}), "concept": concept})
+    update = {"model": p.model.model_copy(update={"base": Path(base).resolve()}), "concept": concept}
+    if finetune:
+        update["finetune"] = p.finetune.updated(**finetune)
+    if repair:
+        g = p.registry.gates
+        limit = g.max_target_rate if g.max_asr is None else min(g.max_asr, g.max_target_rate)
+        update["registry"] = p.registry.model_copy(update={"gates": g.model_copy(update={"max_asr": limit})})
+    p = p.model_copy(update=update)
     raw = p.model_dump(mode="json", by_alias=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# derived by the reerase flow from the project's params.yaml; do not edit\n"

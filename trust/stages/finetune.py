@@ -37,7 +37,9 @@ from trust.utils.safetensors_io import load_tensors, save_tensors, write_json
 console = Console(stderr=True)
 CURVE_KEYS = ("loss", "l_prev", "l_reg", "l_keep", "l_retain", "mask_size", "jaccard", "reestimate_s",
               "l_preserve", "l_erase", "l_uncond_early", "l_uncond_late", "ant_maps",  # ANT terms
-              "val_target", "val_worst_drop", "keep_weight", "lr")  # erase-to-a-bar checks
+              "val_target", "val_worst_drop", "keep_weight", "lr",  # erase-to-a-bar checks
+              "val_target_clean", "val_target_attacked",  # ... with finetune.adversarial.check
+              "adv_s", "adv_obj_start", "adv_obj_end", "adv_pool")  # adversarial erasure: the inner attack
 
 
 def _digest(params: Params, fingerprint: str, sets: dict, mask: dict) -> str:
@@ -71,6 +73,9 @@ def curves_plot(history: list[dict], path: Path, title: str) -> None:
         cs = [h["step"] for h in checks]
         axes[3].plot(cs, [h["val_target"] for h in checks], marker="o", label="val target rate")
         axes[3].plot(cs, [h["val_worst_drop"] for h in checks], marker="s", label="worst kept drop")
+        if any("val_target_attacked" in h for h in checks):
+            axes[3].plot(cs, [h.get("val_target_attacked", nan) for h in checks], marker="^",
+                         label="val target, attacked (inner attack)")
         axes[3].legend(fontsize=7)
     axes[3].set_title("erase to a bar: validation checks")
     for ax in axes:
@@ -116,6 +121,16 @@ def val_groups(params: Params, root: Path, sets: dict) -> list[ValGroup]:
     return [ValGroup("target", target, det.detect, kept=False)]
 
 
+def _adversarial_summary(ft, history: list[dict]) -> dict | None:
+    """What adversarial erasure cost and found: inner attacks, their seconds, objective before/after."""
+    if not ft.adversarial.enabled:
+        return None
+    runs = [h for h in history if "adv_s" in h]
+    return {"attacks": len(runs), "seconds": sum(h["adv_s"] for h in runs),
+            "objective_start": [h["adv_obj_start"] for h in runs], "objective_end": [h["adv_obj_end"] for h in runs],
+            "prompts": [h["adv_prompt"] for h in runs if "adv_prompt" in h][-8:]}
+
+
 def run(params: Params, root: Path, progress: bool = True) -> dict:
     ft = params.finetune
     torch.manual_seed(ft.seed)
@@ -143,7 +158,8 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
         bar = BarCheck(method, val_groups(params, root, sets), ft.to_bar, gates.max_target_rate,
                        gates.max_preservation_drop, seed=ft.seed, guidance=params.evaluate.guidance,
                        state=BarState.restore(meta["bar"]) if meta.get("bar") else None,
-                       log=lambda m: console.print(f"[cyan]to_bar: {m}"))
+                       log=lambda m: console.print(f"[cyan]to_bar: {m}"),
+                       attacked=ft.adversarial.enabled, attacked_stops=ft.adversarial.check)
     if meta:
         method.load_state_tensors(load_tensors(ckpt_dir / "state.safetensors"))
         start, history, spent = meta["step"], meta["history"], meta.get("wall_s", 0.0)
@@ -166,8 +182,8 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
     if bar is not None:
         for c in bar.state.checks:  # the check's numbers on the step they were taken at
             h = history[c["step"] - 1]
-            h.update({"val_target": c["val_target"], "val_worst_drop": c["val_worst_drop"],
-                      "keep_weight": c["keep_weight"], "lr": c["lr"]})
+            h.update({k: c[k] for k in ("val_target", "val_worst_drop", "keep_weight", "lr", "val_target_clean",
+                                        "val_target_attacked") if k in c})
 
     section = {"finetune": ft.model_dump(mode="json"), "localize": params.localize.model_dump(mode="json")}
     with stage_run("finetune", section, root, base_fingerprint=fingerprint) as run_:
@@ -194,6 +210,7 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
             "final_l_prev": history[-1].get("l_prev"), "final_mask_size": history[-1].get("mask_size"),
             "delta_tensors": summary["tensors"], "delta_parameters": summary["parameters"],
             "seconds": seconds, "reestimate_seconds": sum(reest),
+            "adversarial": _adversarial_summary(ft, history),
             "bar": None if bar is None else {**bar.state.record(), "check_seconds": bar.seconds,
                                              "base_val": bar.base, "stop_target": bar.max_target,
                                              "stop_drop": bar.max_drop},

@@ -60,7 +60,24 @@ def scorer_resources(params: Params) -> Resources:
         from trust.models.clip import load_clip
 
         clip = load_clip(params.model.clip_dir, params.model.device)
-    return Resources(classifier=classifier, detect=params.concept.detect, clip=clip)
+    return Resources(classifier=classifier, detect=params.concept.detect, clip=clip, kept_words=kept_words(params))
+
+
+def kept_words(params: Params) -> tuple[str, ...]:
+    """Every word (synonyms included, one word each) of a kept label the target does not share, minus the
+    words the target's own synonyms use ("three sided shape" gives "three" and "sided", not the circle's
+    "round shape"'s "shape"). World only: on SD the kept concepts are not words the project knows."""
+    if not params.uses_world:
+        return ()
+    from trust.concepts.words import WORD_TABLES
+
+    target = {w for head, value in params.concept.detect.items() for s in WORD_TABLES[head][value] for w in s.split()}
+    out = []
+    for want in params.concept.keep:
+        for head, value in want.items():
+            if params.concept.detect.get(head) != value:
+                out += [w for s in WORD_TABLES[head][value] for w in s.split() if w not in target]
+    return tuple(dict.fromkeys(out))
 
 
 def make_scorer(params: Params, root: Path, parts, data: ForgetData) -> Scorer:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from trust.methods.adversarial import with_rows
 from trust.methods.base import Method
 from trust.methods.losses import forget_loss
 from trust.sampling import initial_noise
@@ -30,10 +31,15 @@ class EsdMethod(Method):
 
     @torch.no_grad()
     def ddim_xt(self, step: int):
-        """(x_t, t, c_target): the frozen model's own trajectory for the target prompts, stopped at step k."""
+        """(x_t, t, c_in, c_target): the frozen model's own trajectory for the target prompts, stopped at step k;
+        c_in is what the trained model sees (c_target, and adversarial conditions in the extra rows)."""
         g = torch_generator(self.ft.seed, step, 1)
         n = self.ft.batch_size
-        idx = torch.randint(0, len(self.data), (n,), generator=g)
+        if self.adversary is None:
+            idx, adv = torch.randint(0, len(self.data), (n,), generator=g), None
+        else:  # extra rows: prompts the inner attack broke, with its conditions (trust/methods/adversarial.py)
+            idx, adv = self.adversary.rows(n, g)
+            n = len(idx)
         seeds = torch.randint(0, 2**31 - 1, (n,), generator=g).tolist()
         k = int(torch.randint(0, self.cfg.ddim_steps, (1,), generator=g))
         c = self.data.target_emb[idx]
@@ -46,16 +52,19 @@ class EsdMethod(Method):
                                    encoder_hidden_states=ctx).sample.chunk(2)
             x = sched.step(e_u + self.cfg.guidance * (e_c - e_u), t, x, eta=0.0).prev_sample
         t = sched.timesteps[k].expand(n)
-        return x, t, c
+        return x, t, with_rows(c, adv), c
 
     def step(self, step: int) -> dict:
         info = {}
         if self.cfg.xt == "ddim":
-            x_t, t, c = self.ddim_xt(step)
+            if self.adversary is not None:
+                self.adversary.refresh(step, info)
+            x_t, t, c_in, c = self.ddim_xt(step)
         else:
-            x_t, t, c, _, _ = self.data.batch(self.parts, self.ft.batch_size, self.ft.seed, step, 1)
+            x_t, t, c_in, c, _ = self.forget_batch(step, info)
+        # AdvUnlearn's ESD loss: the trained model sees c_in (adversarial rows), the target is the clean prompt's
         target = self.negative_guidance(x_t, t, c)
-        l_prev = forget_loss(self.parts.unet(x_t, t, encoder_hidden_states=c).sample, target)
+        l_prev = forget_loss(self.parts.unet(x_t, t, encoder_hidden_states=c_in).sample, target)
         loss = self.with_preservation(l_prev, step, info)
         self.update(loss)
         info.update({"loss": loss.item(), "l_prev": l_prev.item()})

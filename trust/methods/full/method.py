@@ -15,9 +15,9 @@ class FullMethod(Method):
 
     def step(self, step: int) -> dict:
         info = {}
-        x_t, t, c_target, c_anchor, _ = self.data.batch(self.parts, self.ft.batch_size, self.ft.seed, step, 1)
+        x_t, t, c_in, c_target, c_anchor = self.forget_batch(step, info)
         target = self.forget_target(x_t, t, c_target, c_anchor)
-        l_prev = forget_loss(self.parts.unet(x_t, t, encoder_hidden_states=c_target).sample, target)
+        l_prev = forget_loss(self.parts.unet(x_t, t, encoder_hidden_states=c_in).sample, target)
         loss = self.with_preservation(l_prev, step, info)
         self.update(loss)
         info.update({"loss": loss.item(), "l_prev": l_prev.item()})

@@ -18,6 +18,7 @@ class SalunConfig(MethodConfig, ForgetTargetKnobs):
     retain_weight: float = Field(1.0, ge=0, description="alpha, weight of the retain loss (diffusion loss on "
                                                         "preservation-prompt images made by the frozen model); 0 = off")
 
+    adversarial: ClassVar[bool] = True
     implementation: ClassVar[str] = "trust.methods.salun.method:SalunMethod"
     moved_from: ClassVar[dict[str, str]] = {"salun_fraction": "fraction", "retain_weight": "retain_weight",
                                             **FORGET_TARGET_MOVED}

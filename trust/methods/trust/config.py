@@ -21,6 +21,7 @@ class TrustConfig(MethodConfig, ForgetTargetKnobs):
                                                         "k=20 descended steadily and is 20% faster")
     dynamic: bool = Field(True, description="false keeps the initial mask (static, SalUn-like)")
 
+    adversarial: ClassVar[bool] = True
     implementation: ClassVar[str] = "trust.methods.trust.method:TrustMethod"
     starts_from_localize: ClassVar[bool] = True
     moved_from: ClassVar[dict[str, str]] = {"loss": "loss", "beta": "beta", "reestimate_every": "reestimate_every",

@@ -67,12 +67,12 @@ class TrustMethod(Method):
         info = {}
         if self.cfg.dynamic and step > 0 and step % self.cfg.reestimate_every == 0:
             info.update(self.reestimate(step))
-        x_t, t, c_target, c_anchor, _ = self.data.batch(self.parts, self.ft.batch_size, self.ft.seed, step, 1)
+        x_t, t, c_in, c_target, c_anchor = self.forget_batch(step, info)
         target = self.forget_target(x_t, t, c_target, c_anchor)
         # CSR backpropagates through a gradient: fused attention kernels have no double backward.
         ctx = sdpa_kernel([SDPBackend.MATH]) if self.cfg.loss == "csr" else contextlib.nullcontext()
         with ctx:
-            eps = self.parts.unet(x_t, t, encoder_hidden_states=c_target).sample
+            eps = self.parts.unet(x_t, t, encoder_hidden_states=c_in).sample
             l_prev = forget_loss(eps, target)
             if self.cfg.loss == "cip":
                 reg = cip_penalty(self.params, self.mask)
