@@ -29,7 +29,7 @@ def unlearn(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     with tracking.flow_run("unlearn", params, root_p) as parent:
         env = {"TRUST_PARENT_RUN_ID": parent.info.run_id,
                "TRUST_PREFECT_FLOW_RUN_ID": str(prefect_flow_run.get_id() or "")}
-        for stage in pipeline_stages(params.uses_world):
+        for stage in pipeline_stages(params.builds_world):
             results.append(run_stage(stage, str(root_p), env))
         ran = [r["stage"] for r in results if r["ran"]]
         logger.info("stages run: %s; skipped (up to date): %s", ran or "none",

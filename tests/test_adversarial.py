@@ -166,3 +166,4 @@ def test_the_inner_attack_leaves_the_kept_concepts_words_out(setup):
     pieces = {t.removesuffix("</w>") for i in tok("quadrilateral", add_special_tokens=False).input_ids
               for t in [tok.convert_ids_to_tokens(i)]}
     assert not (pieces & words(on)) and words(off) - words(on) >= {"square"}
+

@@ -102,7 +102,7 @@ def test_bar_reached_stops_early_and_records_the_checks(project):
     assert metrics["bar"]["checks"][0]["step"] == 1 and "val_target" in metrics["bar"]["checks"][0]
 
 
-def test_bar_not_reached_fails_writes_nothing_and_the_run_is_failed(project):
+def test_bar_not_reached_fails_writes_nothing_and_the_run_is_failed(project, monkeypatch):
     from trust.methods.stopping import BarNotReached
 
     _finetune(project, steps=2, to_bar={"enabled": False})
@@ -112,6 +112,15 @@ def test_bar_not_reached_fails_writes_nothing_and_the_run_is_failed(project):
     try:
         with pytest.raises(BarNotReached, match=r"step budget \(finetune.steps\) ran out .* Nothing was written"):
             _finetune(project, steps=3, to_bar={**BAR, "margin": 0.05})
+        # the stage command: a verdict, exit 3 (the flow's task never retries it), not a crash
+        from typer.testing import CliRunner
+
+        from trust.cli import app
+
+        monkeypatch.chdir(project)
+        res = CliRunner().invoke(app, ["finetune"])
+        assert res.exit_code == 3, res.output
+        assert "before the bar was reached" in " ".join(res.output.split())
     finally:
         edit_params(project, {"register": {"gates": {"max_target_rate": 0.1}}})
     assert {p: (project / p).read_bytes() for p in earlier} == earlier  # the earlier outputs, untouched

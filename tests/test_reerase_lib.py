@@ -50,6 +50,9 @@ def test_forced_prompts_are_trained_on_and_measured_first(tmp_path, shipped_para
     train, held = out["target"]["train"], out["target"]["eval"]
     assert [r["prompt"] for r in train[-2:]] == [new, known] and [r["prompt"] for r in held[:2]] == [new, known]
     assert sum(r["prompt"] == known for r in held) == 1  # moved, not copied
+    val = out["target"]["val"]
+    assert [r["prompt"] for r in val[:2]] == [new, known]  # the round's bar checks them first
+    assert len(val) == len(sets["target"]["val"]) + 2 - sum(r["prompt"] in (new, known) for r in sets["target"]["val"])
     assert train[-2]["labels"] == {"shape": "circle", "colour": "red", "background": "striped"} and train[-2]["anchor"]
     assert counts == {"target_train": len(train), "target_eval": len(held)}
     assert out["reerase"] == {"forced_prompts": [new, known]}
@@ -106,10 +109,21 @@ def test_repair_rounds_gate_the_leak_rate_and_turn_the_inner_attack_on(tmp_path,
     from trust.reerase.repair import round_params
 
     prod = {"base_model": str(root / "models" / "world")}
-    (tmp_path / "model").symlink_to(root / "models" / "world")  # the materialised production model
+    import shutil
+
+    shutil.copytree(root / "models" / "world", tmp_path / "model")  # the materialised production model
     ev, ft = round_params(shipped_params, root, prod, tmp_path / "model", tmp_path / "round-2", ["a b"], 2)
+    # a world model that is not the project's own: still judged by the world classifier (the bar's checks)
+    assert ft.uses_world and not ft.builds_world and ev.builds_world
+    from trust.concepts import build_prompt_sets
+    from trust.stages.finetune import val_groups
+
+    groups = val_groups(ft, root, build_prompt_sets(ft.concept, ft.prompts, world=True))
+    assert [g.name for g in groups] == ["target", "shape:cross", "shape:square", "shape:triangle"] or \
+        {g.name for g in groups} == {"target", "shape:cross", "shape:square", "shape:triangle"}
     assert ev.registry.gates.max_asr == shipped_params.registry.gates.max_target_rate
     assert ev.model.base == (root / "models" / "world").resolve() and ft.model.base == (tmp_path / "model").resolve()
     assert ev.registry.gates.max_target_rate == shipped_params.registry.gates.max_target_rate
     assert ft.finetune.adversarial.enabled and ft.finetune.seed == shipped_params.finetune.seed + 1
+    assert not ft.finetune.adversarial.check  # the bar checks what broke through, not a fresh attack
     assert "a b" in ft.concept.literal_targets

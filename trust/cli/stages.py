@@ -27,7 +27,9 @@ def _stage(name: str, params: Path) -> None:
         # weights, a mask that does not fit the model): a message naming what to fix, exit 2.
         _fail(f"{name}: {e}")
     except Exception as e:
-        if type(e).__name__ == "GateFailed":
+        # A failed gate, or a bar not reached within the budget: verdicts, exit 3 (the flow does not retry
+        # them: a retry resumes the same run, with the same budget already spent)
+        if type(e).__name__ in ("GateFailed", "BarNotReached"):
             err.print(str(e), style="red", soft_wrap=True, markup=False)
             raise typer.Exit(3)
         raise
@@ -74,7 +76,7 @@ def run_cmd(
     p = _params(params)
     from flows.unlearn import pipeline_stages
 
-    stages = pipeline_stages(p.uses_world)
+    stages = pipeline_stages(p.builds_world)
     if only is None:
         from flows.unlearn import unlearn
 

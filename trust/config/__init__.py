@@ -17,7 +17,7 @@ from trust.methods.trust.config import TrustConfig
 from trust.config.base import _refuse_moved, _Strict
 from trust.config.evaluate import (AttackParams, DetectorParams, EvaluateParams, P4DParams, RingABellParams,  # noqa: F401
                                    UnlearnDiffAtkParams)
-from trust.utils.model_kind import KIND_SD, folder_kind
+from trust.utils.model_kind import KIND_SD, KIND_WORLD, folder_kind
 from trust.world.config import ClassifierTrainConfig, FidelityConfig, WorldTrainConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -456,6 +456,13 @@ class Params(_Strict):
 
     @property
     def uses_world(self) -> bool:
+        """The base is a built-in-world model: the project's, or one made from it (a re-erasure's
+        materialised production model): world prompts and words, the world classifier as judge."""
+        return self.builds_world or folder_kind(self.model.base) == KIND_WORLD
+
+    @property
+    def builds_world(self) -> bool:
+        """The base is the project's own world model, which the world stages build."""
         return self.model.base == self.world.model_dir
 
 

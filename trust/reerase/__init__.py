@@ -23,8 +23,8 @@ from trust.reerase.production import DELTA_FROM_PARENT, compose_delta, materiali
 from trust.reerase.prompts import SUCCESSFUL, force_prompts, successful_prompts
 from trust.reerase.register import PARENT_TAG, register
 from trust.reerase.repair import Repair, Round, failure_message, repair, run_round
-from trust.reerase.stages import erase_prompts, run_stage, stage_summary
+from trust.reerase.stages import erase_prompts, run_stage
 
 __all__ = ["DELTA_FROM_PARENT", "PARENT_TAG", "SUCCESSFUL", "check_production", "compose_delta", "derive_params",
            "erase_prompts", "failure_message", "force_prompts", "leak_rate", "materialise", "register", "Repair",
-           "repair", "resolve_production", "Round", "run_round", "run_stage", "stage_summary", "successful_prompts"]
+           "repair", "resolve_production", "Round", "run_round", "run_stage", "successful_prompts"]

@@ -29,9 +29,10 @@ def successful_prompts(folder: Path, limit: int) -> list[dict]:
 
 
 def force_prompts(folder: Path, params: Params, prompts: list[str]) -> dict:
-    """Make every successful prompt part of the forget set (target.train) and measured first
-    (front of target.eval), whatever the prompts stage's cap and split drew; rewrites the
-    prompts stage's output in `folder` and returns the new target counts."""
+    """Make every successful prompt part of the forget set (target.train), checked first by the
+    fine-tuning bar (front of target.val) and measured first (front of target.eval), whatever the
+    prompts stage's cap and split drew; rewrites the prompts stage's output in `folder` and returns
+    the new target counts."""
     f = folder / paths.PROMPTS
     sets = json.loads(f.read_text())
     rows = {r["prompt"]: r for split in ("train", "eval") for r in sets["target"][split]}
@@ -45,6 +46,8 @@ def force_prompts(folder: Path, params: Params, prompts: list[str]) -> dict:
     names = set(prompts)
     sets["target"]["train"] = [r for r in sets["target"]["train"] if r["prompt"] not in names] + forced
     sets["target"]["eval"] = forced + [r for r in sets["target"]["eval"] if r["prompt"] not in names]
+    # ... and checked first by erase-to-a-bar: a repair round is not done while what broke through still does
+    sets["target"]["val"] = forced + [r for r in sets["target"].get("val", []) if r["prompt"] not in names]
     sets["reerase"] = {"forced_prompts": prompts}
     f.write_text(json.dumps(sets, indent=2, sort_keys=True) + "\n")
     return {"target_train": len(sets["target"]["train"]), "target_eval": len(sets["target"]["eval"])}

@@ -14,11 +14,6 @@ def run_stage(stage: str, params: Params, folder: Path):
     return importlib.import_module(f"trust.stages.{stage}").run(params, folder)
 
 
-def stage_summary(result) -> dict:
-    """A stage result's scalars (what a flow passes on and logs; lists and tables stay in the folder)."""
-    return {k: v for k, v in result.items() if not isinstance(v, (list, dict))} if isinstance(result, dict) else {}
-
-
 def erase_prompts(params: Params, folder: Path, forced: list[str]) -> dict:
     """The prompts stage in `folder`, then the successful prompts `forced` into its forget set."""
     counts = run_stage("prompts", params, folder)
