@@ -125,3 +125,20 @@ def test_leaking_production_is_repaired_in_rounds_and_the_flow_fails_when_they_a
     assert "(reerase" in text  # registered by a stage run under the reerase flow run
     assert _hashes(project) == before
     assert not (Path(summary["workspace"]) / "model").exists()  # materialised model removed (keep_model: false)
+
+
+def test_rounds_that_never_reach_their_bar_register_nothing_and_fail(project):
+    # erase to a bar on, gate 0.0: the stop threshold (gate - margin) is below 0, never reached
+    edit_params(project, {"register": {"gates": {"max_target_rate": 0.0}}, "reerase": {"max_rounds": 1},
+                          "finetune": {"to_bar": {"enabled": True, "check_every": 2, "samples_per_prompt": 1,
+                                                  "max_prompts": 1, "sample_steps": 2, "confirm_steps": None}}})
+    before = _versions(project)
+    res = trust(project, "reerase")
+    out = res.stdout + res.stderr
+    flat = " ".join(out.split())
+    assert res.returncode == 3, out[-3000:]
+    assert "round 1 (" in flat and "fine-tuning did not reach its bar" in flat
+    assert "none of 1 repair round(s) reached its fine-tuning bar; nothing registered, production unchanged" in flat
+    summary = _summary(project, out)
+    assert summary["new_version"] is None and summary["rounds"][0]["leak_rate"] is None
+    assert _versions(project) == before

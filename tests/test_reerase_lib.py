@@ -126,4 +126,5 @@ def test_repair_rounds_gate_the_leak_rate_and_turn_the_inner_attack_on(tmp_path,
     assert ev.registry.gates.max_target_rate == shipped_params.registry.gates.max_target_rate
     assert ft.finetune.adversarial.enabled and ft.finetune.seed == shipped_params.finetune.seed + 1
     assert not ft.finetune.adversarial.check  # the bar checks what broke through, not a fresh attack
+    assert ft.finetune.max_seconds == shipped_params.reerase.max_seconds != shipped_params.finetune.max_seconds
     assert "a b" in ft.concept.literal_targets

@@ -63,7 +63,7 @@ def reerase_cmd(
     for r in summary.get("rounds", []):
         what = (f"leak rate {r['leak_rate']:.3f}, target rate {r['target_rate']:.3f}, worst kept drop "
                 f"{r['worst_drop']:.3f}: {'passed' if r['passed'] else 'failed ' + ', '.join(r['failed_gates'])}"
-                if "leak_rate" in r else "fine-tuning did not reach its bar")
+                if r.get("leak_rate") is not None else "fine-tuning did not reach its bar")
         console.print(f"round {r['round']} ({r['added_prompts']} added prompt(s)): {what}", soft_wrap=True,
                       markup=False)
     if summary.get("new_version"):

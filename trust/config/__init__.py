@@ -367,6 +367,11 @@ class ReeraseParams(_Strict):
                                                  "flow gives up and fails")
     adversarial: bool = Field(True, description="fine-tune the repair rounds with finetune.adversarial.enabled "
                                                 "(the inner attack), whatever params.yaml's finetune says")
+    max_seconds: float | None = Field(
+        600.0, gt=0, description="each repair round's fine-tuning budget (its finetune.max_seconds): a round starts "
+                                 "from an erased model and must erase what broke through; at 300 s two rounds on the "
+                                 "world ran out with the bar in reach (validation 0.06 and 0.12, bar 0.05); null: "
+                                 "finetune.max_seconds")
 
 
 class Params(_Strict):

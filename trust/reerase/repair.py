@@ -68,7 +68,7 @@ def repair(found: list[dict], max_rounds: int, max_added: int, run_round: Callab
 
 def failure_message(pinned: str, check: dict, rep: Repair, max_rounds: int) -> str:
     """Which gate the best round failed and by how much: what the failed flow run says."""
-    if rep.chosen is None:
+    if rep.chosen is None:  # no round was evaluated
         return (f"reerase: {pinned} leaks (leak rate {check['leak_rate']:.3f} > {check['gate']}) and none of "
                 f"{max_rounds} repair round(s) reached its fine-tuning bar; nothing registered, production unchanged")
     b = rep.chosen
@@ -87,7 +87,7 @@ def round_params(params, root, prod: dict, model_dir, folder, added: list[str], 
 
     from trust.reerase.params import derive_params
 
-    ft = {"seed": params.finetune.seed + r - 1}
+    ft = {"seed": params.finetune.seed + r - 1, "max_seconds": params.reerase.max_seconds or params.finetune.max_seconds}
     if params.reerase.adversarial:
         # the round's bar checks what broke through (front of target.val), not a fresh inner attack: with a
         # fresh attack the bar was not reached within 900 s on the world (bench/results/robust.md)
