@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -123,6 +124,7 @@ def run_row(label: str, progress: bool, sets: list[str] = (), attacks: bool = Tr
     torch.set_num_threads(int(os.environ.get("TRUST_NUM_THREADS", "1")))
     raw = row_raw(label, yaml.safe_load((ROOT / "params.yaml").read_text()), sets)
     ws = (WORK / row_name(label, sets)).resolve()
+    shutil.rmtree(ws / paths.FINETUNE_CHECKPOINTS, ignore_errors=True)  # a row is measured whole, never resumed
     params = load_params(prepare_workspace(ws, raw), root=ws)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{ws / 'mlflow.db'}"
     tracking.configure(params.tracking, ws)

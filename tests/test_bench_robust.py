@@ -1,0 +1,60 @@
+"""bench/robust.py without training: the 2x attacks really double every budget and take new seeds,
+rows change only finetune (and attack every prompt), and the verdict applies the issue's bars at
+their limits."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import yaml
+
+from trust.config import load_params
+
+
+@pytest.fixture(scope="module")
+def bench(root):
+    spec = importlib.util.spec_from_file_location("bench_robust", root / "bench" / "robust.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_strong_attacks_double_every_budget_and_take_new_seeds(bench, shipped_params, tmp_path):
+    from trust.attacks import load_prompt_set
+
+    strong = bench.strong_params(shipped_params, tmp_path)
+    a, b = shipped_params.evaluate.attacks, strong.evaluate.attacks
+    assert (b.unlearndiffatk.steps, b.p4d.steps, b.ringabell.generations) == (
+        2 * a.unlearndiffatk.steps, 2 * a.p4d.steps, 2 * a.ringabell.generations)
+    assert b.seed == a.seed + 1
+    old, new = load_prompt_set(a.prompt_set), load_prompt_set(b.prompt_set)
+    assert [r.prompt for r in old] == [r.prompt for r in new] and len(new) == 22
+    assert all(n.seed == o.seed + 500 and n.guidance == o.guidance for o, n in zip(old, new))
+
+
+def test_rows_change_only_finetune_and_attack_all_22_prompts(bench, root, tmp_path):
+    base = yaml.safe_load((root / "params.yaml").read_text())
+    for label in bench.ROWS:
+        raw = bench.row_raw(label, base)
+        assert {k: v for k, v in raw.items() if k not in ("finetune", "evaluate")} == \
+            {k: v for k, v in base.items() if k not in ("finetune", "evaluate")}
+        assert raw["evaluate"]["attacks"]["max_prompts"] == 22
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        p = load_params(tmp_path / "params.yaml", root=root)
+        assert p.finetune.adversarial.enabled == label.endswith("-adv")
+    tuned = bench.row_raw("TRUST-adv", base, ["adversarial.every=20", "to_bar.enabled=true"])
+    assert tuned["finetune"]["adversarial"]["every"] == 20 and tuned["finetune"]["to_bar"]["enabled"] is True
+
+
+def _row(label, asr, strong, drop, seconds=100.0):
+    return {"label": label, "bar_reached": True, "asr": {"p4d": asr}, "strong": {"asr": {"p4d": strong}},
+            "keep": {"shape:square": {"drop": drop}}, "finetune_s": seconds}
+
+
+def test_the_verdict_applies_the_bars_at_their_limits(bench):
+    v = bench.verdict([_row("TRUST", 0.5, 0.7, 0.0, 100.0), _row("TRUST-adv", 0.10, 0.15, 0.10, 300.0)])["TRUST-adv"]
+    assert v["pass_1x"] and v["pass_2x"] and v["pass_keep"] and v["pass_time"]  # exactly at each limit: pass
+    v = bench.verdict([_row("TRUST", 0.5, 0.7, 0.0, 100.0),
+                       _row("TRUST-adv", 0.11, 0.16, 0.11, 301.0)])["TRUST-adv"]
+    assert not (v["pass_1x"] or v["pass_2x"] or v["pass_keep"] or v["pass_time"])
