@@ -33,7 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.concepts import prepare_workspace  # noqa: E402
+from bench.concepts import apply_overrides, prepare_workspace, workspace_name  # noqa: E402
 
 ATTACKS = ("unlearndiffatk", "p4d", "ringabell")
 LABELS = {"unlearndiffatk": "UnlearnDiffAtk", "p4d": "P4D", "ringabell": "Ring-A-Bell"}
@@ -54,16 +54,8 @@ SEED_SHIFT = 500
 
 
 def _with_sets(over: dict, sets: list[str]) -> dict:
-    """`--set finetune.KEY=VALUE` (dotted, YAML values) on top of a row's finetune overrides."""
-    over = json.loads(json.dumps(over))
-    for item in sets:
-        key, value = item.split("=", 1)
-        d = over
-        *path, last = key.removeprefix("finetune.").split(".")
-        for k in path:
-            d = d.setdefault(k, {})
-        d[last] = yaml.safe_load(value)
-    return over
+    """`--set [finetune.]KEY=VALUE` on top of a row's finetune overrides (bench/concepts.py's parsing)."""
+    return apply_overrides(json.loads(json.dumps(over)), [x.removeprefix("finetune.") for x in sets])
 
 
 def row_raw(label: str, base_raw: dict, sets: list[str] = ()) -> dict:
@@ -106,7 +98,7 @@ def strong_params(params, ws: Path):
 
 
 def row_name(label: str, sets: list[str]) -> str:
-    return label if not sets else label + "__" + "_".join(x.replace("=", "-").replace(".", "-") for x in sets)
+    return workspace_name(label, list(sets))
 
 
 def run_row(label: str, progress: bool, sets: list[str] = (), attacks: bool = True) -> dict:

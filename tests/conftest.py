@@ -20,6 +20,19 @@ def root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def bench_script():
+    """Import a bench/ script by file (bench scripts are run by path, not installed): bench_script("robust")."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load
+
+
+@pytest.fixture(scope="session")
 def world_tokenizer():
     from trust.world.captions import all_words
     from trust.world.tokenizer import build_tokenizer

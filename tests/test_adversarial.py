@@ -167,3 +167,14 @@ def test_the_inner_attack_leaves_the_kept_concepts_words_out(setup):
               for t in [tok.convert_ids_to_tokens(i)]}
     assert not (pieces & words(on)) and words(off) - words(on) >= {"square"}
 
+
+
+def test_kept_words_are_the_kept_labels_words_the_target_does_not_use():
+    from trust.concepts.words import kept_words
+
+    single = kept_words({"shape": "circle"}, [{"shape": "square"}, {"shape": "triangle"}])
+    assert {"square", "quadrilateral", "triangle", "three", "sided"} <= set(single)
+    assert "shape" not in single and "circle" not in single  # "three sided shape" vs the circle's "round shape"
+    pair = kept_words({"shape": "circle", "colour": "red"}, [{"shape": "square", "colour": "red"},
+                                                            {"shape": "circle", "colour": "blue"}])
+    assert "square" in pair and "blue" in pair and "red" not in pair and "circle" not in pair

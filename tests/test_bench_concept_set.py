@@ -4,19 +4,14 @@ budget failure as a failure."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from trust.config import Params
 
 
 @pytest.fixture(scope="module")
-def bench(root):
-    spec = importlib.util.spec_from_file_location("bench_concept_set", root / "bench" / "concept_set.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(bench_script):
+    return bench_script("concept_set")
 
 
 def test_dev_set_is_three_kinds_none_shipped_and_split(bench, root):

@@ -4,8 +4,6 @@ their limits."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import yaml
 
@@ -13,11 +11,8 @@ from trust.config import load_params
 
 
 @pytest.fixture(scope="module")
-def bench(root):
-    spec = importlib.util.spec_from_file_location("bench_robust", root / "bench" / "robust.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(bench_script):
+    return bench_script("robust")
 
 
 def test_the_strong_attacks_double_every_budget_and_take_new_seeds(bench, shipped_params, tmp_path):

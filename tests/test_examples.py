@@ -5,7 +5,6 @@ The measured results of the world examples are bench/results/concepts.md (`pytho
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -107,15 +106,8 @@ def test_world_attack_prompt_sets_ask_for_the_concept(path):
             assert shows(labels_of(r.prompt), params.concept.detect), r.prompt
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_concepts", ROOT / "bench" / "concepts.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_bench_workspace_and_overrides(tmp_path):
-    bench = _bench()
+def test_bench_workspace_and_overrides(tmp_path, bench_script):
+    bench = bench_script("concepts")
     raw = bench.apply_overrides({"finetune": {"steps": 600}}, ["finetune.steps=20", "evaluate.attacks.run=[]"])
     assert raw == {"finetune": {"steps": 20}, "evaluate": {"attacks": {"run": []}}}
     path = bench.prepare_workspace(tmp_path / "ws", raw)

@@ -111,3 +111,16 @@ def unknown_words(text: str, known: set[str] | None = None) -> list[str]:
     them into pieces: "coloured" ends in the token "red")."""
     known = known if known is not None else set(all_words())
     return [w for w in dict.fromkeys(re.findall(r"[a-z0-9']+", text.lower())) if w not in known]
+
+
+def kept_words(detect: dict[str, str], keep: list[dict[str, str]]) -> tuple[str, ...]:
+    """Every word (synonyms included, one word each) of a kept label the target does not share, minus the
+    words the target's own synonyms use ("three sided shape" gives "three" and "sided", not the circle's
+    "round shape"'s "shape")."""
+    target = {w for head, value in detect.items() for s in WORD_TABLES[head][value] for w in s.split()}
+    out = []
+    for want in keep:
+        for head, value in want.items():
+            if detect.get(head) != value:
+                out += [w for s in WORD_TABLES[head][value] for w in s.split() if w not in target]
+    return tuple(dict.fromkeys(out))

@@ -30,11 +30,11 @@ pool is part of the checkpoint, so a resumed run repeats an uninterrupted one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from trust.attacks.text import Layout, candidate_tokens, noise_target, token_embeddings
+from trust.attacks.text import Layout, candidate_tokens, encode_with_embeddings, noise_target, token_embeddings
 from trust.models.parts import DiffusionParts
 from trust.utils.seeding import torch_generator
 
@@ -76,8 +76,6 @@ class InnerAttack:
         return lays, torch.stack([lay.ids for lay in lays]), slots
 
     def encode(self, ids: torch.Tensor, slots: torch.Tensor, slot_embeds: torch.Tensor) -> torch.Tensor:
-        from trust.attacks.text import encode_with_embeddings
-
         base = token_embeddings(self.parts)[ids.to(self.E.device)].clone()
         base[:, slots] = slot_embeds.to(base.dtype)
         return encode_with_embeddings(self.parts, ids, base)
@@ -160,15 +158,13 @@ class Pool:
     size: int
     cond: torch.Tensor | None = None  # (N, L, D)
     idx: torch.Tensor | None = None  # (N,) reference rows of ForgetData
-    texts: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return 0 if self.idx is None else len(self.idx)
 
-    def add(self, cond: torch.Tensor, idx: torch.Tensor, texts: list[str | None]) -> None:
+    def add(self, cond: torch.Tensor, idx: torch.Tensor) -> None:
         self.cond = cond if self.cond is None else torch.cat([self.cond, cond])[-self.size:]
         self.idx = idx.clone() if self.idx is None else torch.cat([self.idx, idx])[-self.size:]
-        self.texts = (self.texts + list(texts))[-self.size:]
 
     def state(self) -> dict[str, torch.Tensor]:
         return {} if self.idx is None else {"adversarial.cond": self.cond, "adversarial.idx": self.idx}
@@ -176,7 +172,6 @@ class Pool:
     def load(self, t: dict[str, torch.Tensor]) -> None:
         if "adversarial.idx" in t:
             self.cond, self.idx = t["adversarial.cond"].clone(), t["adversarial.idx"].clone()
-            self.texts = [None] * len(self.idx)
 
 
 class Adversary:
@@ -197,7 +192,7 @@ class Adversary:
         idx = torch.randperm(len(data), generator=g)[: self.cfg.prompts]
         found = self.attack.run(m.parts.unet, data.latents[idx], [data.prompts[i] for i in idx.tolist()],
                                 data.target_emb[idx], m.ft.seed, step, 8)
-        self.pool.add(found.cond, idx, found.texts)
+        self.pool.add(found.cond, idx)
         info.update({"adv_s": found.seconds, "adv_obj_start": found.objective_start,
                      "adv_obj_end": found.objective_end, "adv_pool": float(len(self.pool))})
         if found.texts and found.texts[0] is not None:

@@ -10,6 +10,9 @@ steps and then again on the gates' own (`confirm_steps`):
     val target rate <= register.gates.max_target_rate - margin
     every kept concept's val drop <= register.gates.max_preservation_drop - margin
 
+(with finetune.adversarial and its `check`, the val target rate is the worse of the clean rate and
+the rate on the val target prompts attacked afresh by the inner attack: trust/methods/adversarial.py)
+
 and adapts when they do not (finetune.to_bar.adapt), one change per check, each logged:
 - a kept concept dropped past the gate itself (max_preservation_drop), or the target is within its
   gate and a kept concept outside the margin -> the preservation weight x keep_weight_factor (the
@@ -141,10 +144,10 @@ class BarCheck:
         rates = self.rates()
         target = next(g for g in self.groups if not g.kept)
         clean = rates[target.name]
-        t_rate, attacked = clean, None
+        t_rate, attacked, found = clean, None, None
         if self.attack is not None:  # the stop rule reads the worse of the clean and the attacked rate
-            self._found = self.attack.conditions(done)
-            attacked = self.attacked_rate(self._found.cond)
+            found = self.attack.conditions(done)
+            attacked = self.attacked_rate(found.cond)
             t_rate = max(clean, attacked) if self.attacked_stops else clean
         drops = {g.name: self.base[g.name] - rates[g.name] for g in self.groups if g.kept}
         blocking = {k: d for k, d in drops.items() if d > self.max_drop + 1e-9}
@@ -154,9 +157,9 @@ class BarCheck:
                  "val_worst_drop": max(drops.values(), default=0.0), "keep_weight": st.keep_weight, "lr": st.lr}
         if attacked is not None:
             check.update({"val_target_clean": clean, "val_target_attacked": attacked,
-                          "val_attack_prompt": self._found.texts[0]})
+                          "val_attack_prompt": found.texts[0]})
         st.checks.append(check)
-        if t_rate <= self.max_target + 1e-9 and not blocking and self._confirmed(done, check):
+        if t_rate <= self.max_target + 1e-9 and not blocking and self._confirmed(done, check, found):
             st.reached = True
             how = "" if attacked is None else f" (clean {clean:.2f}, attacked {attacked:.2f})"
             self.log(f"bar reached at step {done}: val target {t_rate:.2f}{how} <= {self.max_target:.2f}, worst kept "
@@ -173,7 +176,7 @@ class BarCheck:
         self.seconds += time.perf_counter() - t0
         return None
 
-    def _confirmed(self, done: int, check: dict) -> bool:
+    def _confirmed(self, done: int, check: dict, found=None) -> bool:
         """The bar, met on the check's few sampling steps, holds on the gates' own (`confirm_steps`,
         the evaluate stage's): an erased model can look erased at 10 steps and draw the concept at 20."""
         steps = self.cfg.confirm_steps
@@ -183,7 +186,7 @@ class BarCheck:
         target = next(g for g in self.groups if not g.kept).name
         t_rate = rates[target]
         if self.attack is not None and self.attacked_stops:  # the same attacked conditions, at the gates' steps
-            t_rate = max(t_rate, self.attacked_rate(self._found.cond, steps))
+            t_rate = max(t_rate, self.attacked_rate(found.cond, steps))
         drops = {g.name: self.base_confirm[g.name] - rates[g.name] for g in self.groups if g.kept}
         ok = t_rate <= self.max_target + 1e-9 and all(d <= self.max_drop + 1e-9 for d in drops.values())
         check["confirm"] = {"steps": steps, "val_target": t_rate, "val_keep_drop": drops, "held": ok}

@@ -10,8 +10,21 @@ candidate, never promoted. How a round runs (the stages, MLflow, logs) is the ca
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
+
+from mlflow import MlflowClient
+
+from trust import tracking
+from trust.reerase.check import leak_rate
+from trust.reerase.params import derive_params
+from trust.reerase.production import compose_delta
+from trust.reerase.prompts import successful_prompts
+from trust.reerase.stages import erase_prompts, run_stage
+from trust.registry import failed_gates, gate_results
+from trust.stages import paths
 
 
 @dataclass
@@ -83,14 +96,10 @@ def round_params(params, root, prod: dict, model_dir, folder, added: list[str], 
     preservation and leak never drift across rounds or re-erasures, and `params.finetune.yaml`
     (localize + finetune) from the production model; a round-specific seed (a retry is not the same
     run again), the inner attack on (reerase.adversarial) and the leak rate gated (max_asr)."""
-    from pathlib import Path
-
-    from trust.reerase.params import derive_params
-
     ft = {"seed": params.finetune.seed + r - 1, "max_seconds": params.reerase.max_seconds or params.finetune.max_seconds}
     if params.reerase.adversarial:
         # the round's bar checks what broke through (front of target.val), not a fresh inner attack: with a
-        # fresh attack the bar was not reached within 900 s on the world (bench/results/robust.md)
+        # fresh attack the bar was not reached within 900 s on the world (bench/results/tries/robust_tuning.md)
         ft["adversarial"] = {**params.finetune.adversarial.model_dump(mode="json"), "enabled": True, "check": False}
     folder = Path(folder)
     evaluate = derive_params(params, root, folder / "params.yaml", Path(prod["base_model"]), added, ft, repair=True)
@@ -101,19 +110,7 @@ def round_params(params, root, prod: dict, model_dir, folder, added: list[str], 
 def run_round(prod: dict, params, root, folder, model_dir, added: list[str], r: int) -> Round:
     """One repair round in `folder`, as one MLflow run `round r` (its stage runs nested under it;
     metrics target_rate, leak_rate, worst_drop, added_prompts; tag trust.round.result)."""
-    import json
-    from pathlib import Path
-
-    from mlflow import MlflowClient
-
-    from trust import tracking
-    from trust.methods.stopping import BarNotReached
-    from trust.reerase.check import leak_rate
-    from trust.reerase.production import compose_delta
-    from trust.reerase.prompts import successful_prompts
-    from trust.reerase.stages import erase_prompts, run_stage
-    from trust.registry import failed_gates, gate_results
-    from trust.stages import paths
+    from trust.methods.stopping import BarNotReached  # torch: only when a round runs
 
     folder = Path(folder)
     rd = Round(r, list(added), folder=str(folder))

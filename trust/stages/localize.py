@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from trust.concepts.words import kept_words
 from trust.config import Params
 from trust.methods.data import ForgetData
 from trust.methods.loop import Resources
@@ -50,7 +51,9 @@ def heatmap(mask: dict[str, torch.Tensor], path: Path, title: str) -> None:
 
 def scorer_resources(params: Params) -> Resources:
     """What the configured concept scorer (localize.scorer) needs, loaded from params: the world
-    classifier (`classifier`), a local CLIP (`clip`). Paths are resolved at load_params."""
+    classifier (`classifier`), a local CLIP (`clip`); and the kept concepts' words, which adversarial
+    erasure's inner attack leaves out (world only: on SD the kept concepts are no words the project
+    knows). Paths are resolved at load_params."""
     loc, classifier, clip = params.localize, None, None
     if loc.scorer == "classifier":
         from trust.world.classifier import ConceptClassifier
@@ -60,24 +63,8 @@ def scorer_resources(params: Params) -> Resources:
         from trust.models.clip import load_clip
 
         clip = load_clip(params.model.clip_dir, params.model.device)
-    return Resources(classifier=classifier, detect=params.concept.detect, clip=clip, kept_words=kept_words(params))
-
-
-def kept_words(params: Params) -> tuple[str, ...]:
-    """Every word (synonyms included, one word each) of a kept label the target does not share, minus the
-    words the target's own synonyms use ("three sided shape" gives "three" and "sided", not the circle's
-    "round shape"'s "shape"). World only: on SD the kept concepts are not words the project knows."""
-    if not params.uses_world:
-        return ()
-    from trust.concepts.words import WORD_TABLES
-
-    target = {w for head, value in params.concept.detect.items() for s in WORD_TABLES[head][value] for w in s.split()}
-    out = []
-    for want in params.concept.keep:
-        for head, value in want.items():
-            if params.concept.detect.get(head) != value:
-                out += [w for s in WORD_TABLES[head][value] for w in s.split() if w not in target]
-    return tuple(dict.fromkeys(out))
+    return Resources(classifier=classifier, detect=params.concept.detect, clip=clip,
+                     kept_words=kept_words(params.concept.detect, params.concept.keep) if params.uses_world else ())
 
 
 def make_scorer(params: Params, root: Path, parts, data: ForgetData) -> Scorer:
