@@ -141,3 +141,18 @@ def test_model_mismatch_is_not_retried(model):
             generate_images(PROMPTS, SEEDS, 3, 4.0, settings, source=ModelSource.of(folder / "base", base_fp),
                             executor=flaky)
         assert flaky.submitted == 3  # every shard once, none again
+
+
+def test_local_cluster_listens_on_localhost_only(cluster):
+    """Dask's traffic is pickles: the scheduler, its HTTP server and every worker and nanny of the
+    LocalCluster listen on 127.0.0.1, never on all interfaces (":0" meant 0.0.0.0)."""
+    import os
+
+    import psutil
+
+    me = psutil.Process(os.getpid())
+    listening = [(p.pid, c.laddr) for p in [me, *me.children(recursive=True)]
+                 for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert cluster.startswith("tcp://127.0.0.1:")
+    assert len(listening) >= 3  # scheduler, its HTTP server, the workers (and nannies)
+    assert all(addr.ip == "127.0.0.1" for _, addr in listening), listening

@@ -76,3 +76,37 @@ def test_report_is_self_contained(evaluated):
     text = (project / paths.EVALUATE_DIR / "report.html").read_text()
     assert len(re.findall(r'src="data:image/png;base64,', text)) >= 4
     assert "Strongest adversarial examples: p4d" in text and "ASR bar chart" in text
+
+
+def test_a_delta_known_to_erase_lowers_the_target_rate_and_shows_the_damage(tmp_path, root):
+    """Every cross-attention value projection zeroed: the UNet no longer reads the prompt, so the
+    circle prompts give the unconditional mix of shapes (a known erasure, with known collateral:
+    the kept shapes fall too). Evaluate must see both, base and erased told apart on the same
+    seeds; a delta changing nothing that matters (one weight by one ulp) changes no rate."""
+    torch.set_num_threads(1)
+    (tmp_path / "models").symlink_to(root / "models")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "attacks").symlink_to(root / "data" / "attacks")
+    params = Params.model_validate({
+        "evaluate": {"samples_per_prompt": 2, "max_prompts": 4, "steps": 4, "report": False,
+                     "attacks": {"run": [], "max_prompts": 1}},
+        "tracking": {"experiment": "t"}}, context={"root": tmp_path})
+    tracking.configure(params.tracking, tmp_path)
+    prompts.run(params, tmp_path)
+    parts = load_model(root / params.world.model_dir)
+    base = {k: v.clone() for k, v in parts.unet.state_dict().items()}
+
+    erased = {k: torch.zeros_like(v) if k.endswith("attn2.to_v.weight") else v for k, v in base.items()}
+    save_delta(base, erased, tmp_path / paths.DELTA, {"base_fingerprint": parts.fingerprint()})
+    m = evaluate.run(params, tmp_path)
+    assert m["target_rate_base"] >= 0.75  # the world draws circles for circle prompts
+    assert m["target_rate"] <= m["target_rate_base"] - 0.25
+    assert max(k["drop"] for k in m["keep"].values()) >= 0.25  # the collateral is measured, not hidden
+
+    name = next(k for k in base if k.endswith("attn2.to_q.weight"))
+    same = {**base, name: base[name].clone()}
+    same[name].view(-1)[0] = torch.nextafter(base[name].view(-1)[0], torch.tensor(1.0))  # one ulp
+    save_delta(base, same, tmp_path / paths.DELTA, {"base_fingerprint": parts.fingerprint()})
+    m = evaluate.run(params, tmp_path)
+    assert m["target_rate"] == m["target_rate_base"]
+    assert all(k["drop"] == 0 for k in m["keep"].values())

@@ -13,6 +13,7 @@ from trust import tracking
 from trust.config import Params
 from trust.delta import save_delta
 from trust.detectors import DetectorError
+from trust.metrics import FidelityError
 from trust.models import KIND_SD, ModelLoadError, save_model
 from trust.stages import evaluate, paths, prompts
 
@@ -175,7 +176,11 @@ def test_fid_with_weights_and_reference(tmp_path):
         Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(ref / f"{i}.png")
     g = torch.Generator().manual_seed(0)
     base, erased = torch.rand(12, 3, 16, 16, generator=g) * 2 - 1, torch.rand(12, 3, 16, 16, generator=g) * 2 - 1
-    ev = Params().evaluate.model_copy(update={"inception_weights": weights})
+    # a TorchScript file runs code when loaded: refused without the explicit trust flag
+    with pytest.raises(FidelityError, match=r"TorchScript.*evaluate\.trust_torchscript: true"):
+        evaluate.inception_fid(Params().evaluate.model_copy(update={"inception_weights": weights}), tmp_path, base,
+                               erased, None, None)
+    ev = Params().evaluate.model_copy(update={"inception_weights": weights, "trust_torchscript": True})
     alone = evaluate.inception_fid(ev, tmp_path, base, erased, None, None)
     assert alone["computed"] and "base" not in alone and alone["erased_vs_base"] > 0
     same = evaluate.inception_fid(ev, tmp_path, base, base.clone(), None, None)

@@ -8,6 +8,7 @@ for bit. The other runs are in-process (same code, no start-up cost).
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,11 +83,58 @@ def test_killed_finetune_resumes_and_matches_an_uninterrupted_run(project):
     assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
 
 
-def test_checkpoint_of_other_settings_is_not_resumed(project):
-    ckpt = project / paths.FINETUNE_CHECKPOINTS
-    ckpt.mkdir(parents=True, exist_ok=True)
-    (ckpt / "state.json").write_text(json.dumps({"step": 1, "history": [], "digest": "0" * 16}))
-    assert _finetune(project, steps=2)["resumed_from"] == 0
+class _Stop(Exception):
+    pass
+
+
+def _first_step(project, monkeypatch, at: int | None = None) -> int:
+    """Run the stage until the step after `at` (None: stop at the first step it runs) and return the
+    step training started from: 0 for a fresh start, the checkpoint's step for a resume."""
+    from trust.methods.registry import method_class
+
+    cls = method_class("trust")
+    real, seen = cls.step, []
+
+    def step(self, i):
+        seen.append(i)
+        if at is None or i >= at:
+            raise _Stop()
+        return real(self, i)
+
+    monkeypatch.setattr(cls, "step", step)
+    try:
+        with pytest.raises(_Stop):
+            finetune.run(load_params(project / "params.yaml", root=project), project, progress=False)
+    finally:
+        monkeypatch.setattr(cls, "step", real)
+    return seen[0]
+
+
+CHANGED = [("finetune.lr", {"finetune": {"lr": 0.004}}), ("finetune.preserve_weight", {"finetune": {"preserve_weight": 12.0}}),
+           ("finetune.seed", {"finetune": {"seed": 3}}), ("finetune.batch_size", {"finetune": {"batch_size": 2}}),
+           ("finetune.method.loss", {"finetune": {"method": {"name": "trust", "loss": "csr"}}}),
+           ("finetune.method.reestimate_every", {"finetune": {"method": {"name": "trust", "reestimate_every": 7}}}),
+           ("localize.xi", {"localize": {"xi": 2.5}})]
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(project, monkeypatch):
+    """A real checkpoint (step 3 of a run stopped at step 4) resumes only under the very settings
+    that made it: any one fine-tuning or localisation setting changed starts from scratch."""
+    shutil.rmtree(project / paths.FINETUNE_CHECKPOINTS, ignore_errors=True)
+    before = (project / "params.yaml").read_text()
+    edit_params(project, {"finetune": {**RUN["finetune"], "to_bar": {"enabled": False}}})
+    assert _first_step(project, monkeypatch, at=EVERY + 1) == 0
+    assert json.loads((project / paths.FINETUNE_CHECKPOINTS / "state.json").read_text())["step"] == EVERY
+    same = (project / "params.yaml").read_text()
+    try:
+        for key, change in CHANGED:
+            edit_params(project, change)
+            assert _first_step(project, monkeypatch) == 0, f"resumed although {key} changed"
+            (project / "params.yaml").write_text(same)
+        assert _first_step(project, monkeypatch) == EVERY  # the same settings: resumed
+    finally:
+        (project / "params.yaml").write_text(before)
+        shutil.rmtree(project / paths.FINETUNE_CHECKPOINTS, ignore_errors=True)
 
 
 BAR = {"enabled": True, "check_every": 1, "samples_per_prompt": 1, "max_prompts": 1, "sample_steps": 2}

@@ -96,12 +96,109 @@ def test_second_run_with_nothing_changed_skips_every_stage(project):
     assert "stages run: none" in out
 
 
-def test_changing_a_finetune_parameter_reruns_exactly_downstream(project):
-    _edit(project, {"finetune": {"lr": 0.004}})
+def _tree(pid: int) -> set[int]:
+    """`pid` and every process below it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        out.add(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _outputs(project: Path) -> dict[str, bytes]:
+    return {p.relative_to(project).as_posix(): p.read_bytes() for d in ("data", "outputs", "metrics", "models")
+            for p in sorted((project / d).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_of_trust_run_ends_its_whole_tree_loses_nothing_and_the_rerun_resumes(project):
+    """A finetune parameter changed, and `trust run` killed -9 while finetune runs: no process of its
+    tree is left (DVC, the stage, Prefect's temporary server), every output and metric is as
+    before, the flow's MLflow run does not stay RUNNING; the rerun reruns exactly what is
+    downstream of the change, resumes fine-tuning from its checkpoint and registers v2."""
+    import signal
+    import time
+
+    _edit(project, {"finetune": {"lr": 0.004, "steps": 40}})
+    before = _outputs(project)
+    ckpt = project / ".cache" / "finetune" / "state.json"
+    ckpt.unlink(missing_ok=True)
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+           "PREFECT_HOME": str(project / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TRUST_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(project / "killed_run.log", "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "trust"), "run"], cwd=project, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ckpt.is_file(), (project / "killed_run.log").read_text()[-3000:]
+    tree = _tree(proc.pid)
+    assert len(tree) >= 5  # trust run, the flow, Prefect's server, dvc repro, trust finetune
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while (left := {p for p in tree if Path(f"/proc/{p}").exists()}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes() for p in left]
+    assert _outputs(project) == before
+    assert not list((project / "outputs").glob(".*.partial"))
+
     code, out, ran = _run(project)
     assert code == 0, out[-3000:]
-    assert ran == ["finetune", "evaluate", "register"]
-    assert str(_client(project).get_model_version_by_alias("trust-world-circle", "production").version) == "2"
+    assert ran == ["finetune", "evaluate", "register"] and re.search(r"resuming fine-tuning from step [1-9]", out)
+    client = _client(project)
+    flows = client.search_runs(client.get_experiment_by_name("trust").experiment_id,
+                               filter_string="tags.`trust.flow` = 'unlearn'", order_by=["attributes.start_time DESC"])
+    assert flows[0].info.status == "FINISHED" and flows[1].info.status == "KILLED"
+    assert not [r for r in flows if r.info.status == "RUNNING"]
+    assert str(client.get_model_version_by_alias("trust-world-circle", "production").version) == "2"
+    _edit(project, {"finetune": {"steps": TINY["finetune"]["steps"]}})  # the later tests' budget
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("stage, edit", [("localize", {"localize": {"seed": 7}}), ("evaluate", {"evaluate": {"seed": 7}})],
+                         ids=["localize", "evaluate"])
+def test_kill_9_of_a_long_stage_loses_nothing(project, stage, edit):
+    """DVC deletes a stage's outputs before running it unless they are `persist`; the stages write
+    whole outputs or none. A kill -9 of the stage mid-run leaves every output and metric as it was."""
+    import signal
+    import time
+
+    original = yaml.safe_load((project / "params.yaml").read_text())
+    _edit(project, edit)
+    before = _outputs(project)
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TRUST_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, victim = time.monotonic() + 120, None
+    while victim is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        for pid in _tree(proc.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"trust") for a in argv) and stage.encode() in argv:
+                victim = pid
+    assert victim is not None, f"trust {stage} never started (dvc exit {proc.poll()})"
+    time.sleep(4)  # into its work: models loaded, images being made
+    os.kill(victim, signal.SIGKILL)
+    assert proc.wait(timeout=60) != 0
+    assert _outputs(project) == before
+    assert not list(project.glob("outputs/.*.partial")) and not list(project.glob("outputs/.*.old"))
+    (project / "params.yaml").write_text(yaml.safe_dump(original, sort_keys=False))
 
 
 def test_failed_gate_leaves_production_where_it_was(project):

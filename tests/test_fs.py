@@ -22,3 +22,20 @@ def test_successful_write_replaces_output(tmp_path):
     with staged_dir(out) as d:
         (d / "b").write_text("2")
     assert sorted(p.name for p in out.iterdir()) == ["b"]
+
+
+def test_a_kill_between_the_two_renames_loses_nothing(tmp_path):
+    """Killed after the old output moved aside and before the new one moved in: the next staged
+    write (any later run of the stage) puts the previous output back first."""
+    from trust.utils.fs import staged_dir
+
+    (tmp_path / ".out.old").mkdir()
+    (tmp_path / ".out.old" / "delta.safetensors").write_text("previous")
+    try:
+        with staged_dir(tmp_path / "out") as tmp:
+            (tmp / "delta.safetensors").write_text("half")
+            raise RuntimeError("this run fails too")
+    except RuntimeError:
+        pass
+    assert (tmp_path / "out" / "delta.safetensors").read_text() == "previous"
+    assert not (tmp_path / ".out.old").exists() and not (tmp_path / ".out.partial").exists()

@@ -1,5 +1,6 @@
 """Lineage: a version traces back to its runs and base model; tampered packages are caught."""
 
+import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -80,3 +81,57 @@ def test_cli_load_generates_a_grid(store, base, monkeypatch):
     assert out.exit_code == 0, out.output
     assert (store / "g.png").is_file() and "tuned fingerprint sha256:" in out.output
     assert CliRunner().invoke(app, ["load", "not a ref"]).exit_code == 2
+
+
+def _tamper(folder, rewrite_manifest: bool = True) -> None:
+    """What an attacker with write access does: change the delta's bytes, add a file, and
+    rewrite manifest.json to match, so the folder agrees with itself."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    delta = folder / "delta.safetensors"
+    delta.chmod(0o644)
+    tensors = load_file(delta)
+    key = next(iter(tensors))
+    tensors[key] = tensors[key] + 1.0
+    save_file(tensors, delta)
+    (folder / "extra.py").write_text("print('hi')\n")
+    if rewrite_manifest:
+        (folder / "manifest.json").chmod(0o644)
+        (folder / "manifest.json").write_text(json.dumps(registry.file_hashes(folder)))
+
+
+def test_tampered_package_with_rewritten_manifest_is_refused_everywhere(store, base, monkeypatch):
+    """The package's own manifest agrees with the tampered files; the hashes the registry
+    recorded at registration do not, so lineage, load and the re-erasure all refuse it."""
+    from trust.reerase.production import resolve_production
+
+    register_in_flow(store, base)
+    ref = f"{NAME}@production"
+    folder = registry.source_folder(registry.resolve(ref))
+    _tamper(folder)
+    assert {r["status"] for r in registry.check_files(folder)} == {"ok"}  # the manifest alone is fooled
+    rows = {r["path"]: r["status"] for r in verify(ref)}
+    assert rows == {"delta.safetensors": "modified", "pipeline.json": "ok", "model_card.md": "ok",
+                    "extra.py": "unexpected", "manifest.json": "rewritten", "(package)": "modified"}
+    for use in (lambda: registry.load_registered(ref), lambda: resolve_production(ref)):
+        with pytest.raises(registry.RegistryError, match=r"not what was registered: delta.safetensors \(modified\)"):
+            use()
+    monkeypatch.chdir(store)
+    (store / "params.yaml").write_text("tracking:\n  experiment: t\n")
+    res = CliRunner().invoke(app, ["lineage", ref])
+    assert res.exit_code == 1 and "delta.safetensors (modified)" in res.output and "extra.py (unexpected)" in res.output
+    res = CliRunner().invoke(app, ["load", ref])
+    assert res.exit_code == 2 and "refusing to load it" in res.output
+
+
+def test_registering_again_repairs_a_tampered_content_addressed_copy(store, base):
+    """The same package registered again reuses its content-addressed folder only if that folder
+    still hashes to the package: a tampered copy (manifest rewritten to match) is replaced."""
+    register_in_flow(store, base)
+    folder = registry.source_folder(registry.resolve(f"{NAME}/1"))
+    _tamper(folder)
+    registry.register_version(params(), store, make_package(store / "pkg2", base), GOOD, lineage_of(base), None)
+    assert {r["status"] for r in verify(f"{NAME}/2")} == {"ok"}
+    assert {r["status"] for r in verify(f"{NAME}/1")} == {"ok"}  # same bytes, same folder: repaired for both

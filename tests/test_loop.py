@@ -85,3 +85,20 @@ def test_method_section_shorthand_and_updates():
     assert other.method.name == "esd" and other.method.variant == "u" and not hasattr(other.method, "loss")
     with pytest.raises(ValueError, match="variant"):
         ft.updated(method="esd", variant="z")
+
+
+@pytest.mark.parametrize("method", ["trust", "esd", "full"])
+def test_a_diverging_run_stops_at_its_first_non_finite_loss_and_no_delta_is_written(tiny, method, tmp_path):
+    """lr 1e30 (what `.inf` did before params refused it): weights overflow after the first update,
+    the next loss is inf or NaN; the loop stops there, and the delta of such weights is refused."""
+    from trust.delta import NonFiniteError, save_delta
+
+    p = _fresh(tiny)
+    before = {k: v.clone() for k, v in p.unet.state_dict().items()}
+    data = ForgetData.build(p, ROWS, references=4, seed=0)
+    ft = FinetuneParams(preserve_weight=0.0).updated(method=method, batch_size=2, lr=1e30)
+    with pytest.raises(NonFiniteError, match=r"training diverged at step [2-9]: .*nothing was written"):
+        train(build_method(p, data, ft, LocalizeParams(batch_size=4, xi=1.0)), 10)
+    with pytest.raises(NonFiniteError, match=r"inf or NaN .* was not written"):
+        save_delta(before, p.unet.state_dict(), tmp_path / "delta.safetensors", {})
+    assert not (tmp_path / "delta.safetensors").exists()

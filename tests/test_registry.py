@@ -73,6 +73,45 @@ def test_gate_results():
     assert not registry.gate_results({"target_rate": float("nan")}, GateParams())["passed"]
 
 
+@pytest.mark.parametrize("gate", ["max_target_rate", "max_preservation_drop", "max_asr", "max_fid_delta"])
+def test_a_value_exactly_at_its_gate_limit_passes_and_just_above_fails(gate):
+    """Every gate is `value <= limit`: at the limit it passes, one part in a million above it fails.
+    (0.25 and 0.125 are exact in binary, so "at" means at.)"""
+    limits = GateParams(max_target_rate=0.25, max_preservation_drop=0.125, max_asr=0.25, max_fid_delta=2.0)
+
+    def metrics(value: float) -> dict:
+        m = {"target_rate_base": 0.9, "target_rate": 0.0, "keep": {"sq": {"base": 0.9, "tuned": 0.9, "drop": 0.0}},
+             "asr": {"p4d": 0.0, "uda": 0.0}, "fidelity": {"fid": {"delta": 0.0}}}
+        if gate == "max_target_rate":
+            m["target_rate"] = value
+        elif gate == "max_preservation_drop":
+            m["keep"]["sq"]["drop"] = value
+        elif gate == "max_asr":
+            m["asr"]["uda"] = value
+        else:
+            m["fidelity"]["fid"]["delta"] = value
+        return m
+
+    limit = getattr(limits, gate)
+    at = registry.gate_results(metrics(limit), limits)
+    assert at[gate] == {**at[gate], "value": limit, "limit": limit, "passed": True} and at["passed"]
+    above = registry.gate_results(metrics(limit * (1 + 1e-6)), limits)
+    assert not above[gate]["passed"] and not above["passed"]
+    assert registry.failed_gates(above) == [gate]
+
+
+def test_a_delta_from_another_base_is_refused_at_load(store, base, tmp_path, world_tokenizer):
+    """The package names a base model folder that exists but holds other weights (same layout):
+    `trust load` refuses the delta, naming both fingerprints, instead of applying it to them."""
+    other = tmp_path / "other-base"
+    save_model(tiny_sd_parts(world_tokenizer, seed=123), other)
+    assert load_model(other).fingerprint() != base["fingerprint"]
+    registry.register_version(params(), store, make_package(store / "p", base, base_model=str(other)), GOOD,
+                              lineage_of(base), None)
+    with pytest.raises(ValueError, match=f"was made from base model {base['fingerprint']}, but the loaded base is"):
+        registry.load_registered(f"{NAME}@production")
+
+
 def test_asr_gate_takes_the_strongest_attack():
     with_asr = {**GOOD, "asr": {"prompt_set": 0.05, "p4d": 0.5, "ringabell": 0.0}}
     assert "max_asr" not in registry.gate_results(with_asr, GateParams())  # null: not gated

@@ -45,9 +45,26 @@ def test_step_changes_only_masked_rows(shipped_world):
             assert torch.equal(after[k], v), k  # frozen: bit-identical
 
 
-def test_dynamic_reestimation_logs_drift(shipped_world):
-    parts, data, loc, mask, ft = _setup(shipped_world, reestimate_every=1)
+def test_reestimation_moves_the_mask_and_rows_that_leave_it_stop_moving(shipped_world):
+    """Re-estimation from the current weights really changes the mask (and the method trains under
+    the new one); a row that leaves the mask gets no further update: its gradient is masked AND its
+    Adam moments are cleared (momentum alone would keep it moving); rows that stay keep moving."""
+    parts, data, loc, mask, ft = _setup(shipped_world, reestimate_every=3, lr=0.05)
     method = TrustMethod(parts, data, ft, loc, mask)
-    method.step(0)
-    info = method.step(1)
-    assert 0.0 <= info["jaccard"] <= 1.0 and info["mask_size"] > 0
+    for s in range(3):
+        method.step(s)
+    old = {k: v.clone().bool() for k, v in method.mask.items()}
+    weights = {k: p.detach().clone() for k, p in method.params.items()}
+    info = method.step(3)  # re-estimates first, then steps under the new mask
+    new = {k: v.bool() for k, v in method.mask.items()}
+    left = {k: old[k] & ~new[k] for k in old}
+    stayed = {k: old[k] & new[k] for k in old}
+    n_left = sum(int(v.sum()) for v in left.values())
+    assert n_left > 0 and info["jaccard"] < 1.0  # the mask moved, and self.mask is the moved one
+    for s in (4, 5):
+        method.step(s)
+    for k, p in method.params.items():
+        w = p.detach()
+        assert torch.equal(w[left[k]], weights[k][left[k]]), f"{k}: rows that left the mask moved"
+    moved = sum(int((method.params[k].detach()[stayed[k]] != weights[k][stayed[k]]).any(dim=-1).sum()) for k in stayed)
+    assert moved > 0

@@ -1,7 +1,9 @@
 """Lineage for auditors: from a registered version back to the runs, code, data and base model.
 
 `lineage` collects what the registry and tracking store recorded; `verify` re-hashes the
-package so a reviewer can tell whether the files on disk are still the ones registered.
+package and compares it with the hashes the registry recorded at registration (not with the
+package's own manifest, which a tamperer can rewrite), so a reviewer can tell whether the files
+on disk are still the ones registered.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from datetime import datetime, timezone
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from trust.registry import MANIFEST, PIPELINE, check_files, resolve, source_folder
+from trust.registry import FILES_TAG, MANIFEST, PIPELINE, check_version, resolve, source_folder
 from trust.tracking import PARENT_TAG
 
 
@@ -57,7 +59,8 @@ def lineage(ref: str) -> dict:
                                               order_by=["attributes.start_time ASC"])
                 out["stage_runs"] = [_run_row(r) for r in siblings]
     manifest = folder / MANIFEST
-    out["files"] = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    recorded = (mv.tags or {}).get(FILES_TAG)
+    out["files"] = json.loads(recorded) if recorded else json.loads(manifest.read_text()) if manifest.is_file() else {}
     pipeline = folder / PIPELINE
     spec = json.loads(pipeline.read_text()) if pipeline.is_file() else {}
     out["base_model"] = spec.get("base_model") or mv.tags.get("lineage.base_model")
@@ -67,8 +70,9 @@ def lineage(ref: str) -> dict:
 
 
 def verify(ref: str) -> list[dict]:
-    """Re-hash the version's package: rows {path, expected, actual, status: ok|modified|missing|unexpected}."""
-    return check_files(source_folder(resolve(ref)))
+    """Re-hash the version's package against the registry's record: rows {path, expected, actual,
+    status: ok|modified|missing|unexpected|rewritten} (registry.check_version)."""
+    return check_version(resolve(ref))
 
 
 def format_lineage(d: dict) -> str:

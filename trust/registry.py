@@ -2,8 +2,11 @@
 
 A package is a folder (`delta.safetensors`, `pipeline.json`, `model_card.md`, ...). It is
 copied to a content-addressed folder `<root>/mlartifacts/registry/<name>/<hash16>/` with a
-`manifest.json` of sha256 hashes (what `trust lineage` re-checks) and registered with
-`create_model_version(source=<folder>)`. Every version gets alias `candidate`; `production`
+`manifest.json` of sha256 hashes and registered with `create_model_version(source=<folder>)`.
+The package hash and every file's hash are also recorded in the version's tags, in the
+tracking store: the package folder cannot rewrite them, so a package whose files *and*
+manifest were edited still fails `check_version` (what `trust lineage`, `trust load` and the
+re-erasure read before using a version). Every version gets alias `candidate`; `production`
 moves only when every gate passes, so a worse model can never silently replace a good one.
 """
 
@@ -33,6 +36,7 @@ PIPELINE = "pipeline.json"
 DELTA = "delta.safetensors"
 CANDIDATE, PRODUCTION = "candidate", "production"
 MAX_TAG_CHARS = 5000
+HASH_TAG, FILES_TAG = "package_sha256", "package_files"
 REF_FORMS = "NAME@ALIAS (e.g. trust-world-circle@production) or NAME/VERSION (e.g. trust-world-circle/3)"
 
 
@@ -129,6 +133,54 @@ def check_files(folder: Path) -> list[dict]:
     return rows
 
 
+def check_version(mv: ModelVersion) -> list[dict]:
+    """Compare a version's package folder with what the REGISTRY recorded at registration (the
+    version's tags), not with the folder's own manifest: one row per file (ok / modified /
+    missing / unexpected), plus a `manifest.json` row when the manifest was rewritten and a
+    `(package)` row when the whole-package hash differs. A version registered before per-file
+    hashes were tagged is checked against its package hash, and its manifest for the file rows."""
+    folder = source_folder(mv)
+    if not folder.is_dir():
+        raise RegistryError(f"{mv.name}/{mv.version}: package folder {folder} does not exist; "
+                            "was the project's mlartifacts/ folder moved or deleted?")
+    tags = dict(mv.tags or {})
+    if FILES_TAG not in tags:
+        rows = check_files(folder)
+    else:
+        expected: dict[str, str] = json.loads(tags[FILES_TAG])
+        actual = file_hashes(folder)
+        rows = [{"path": rel, "expected": want, "actual": actual.get(rel),
+                 "status": "missing" if rel not in actual else "ok" if actual[rel] == want else "modified"}
+                for rel, want in sorted(expected.items())]
+        rows += [{"path": rel, "expected": None, "actual": got, "status": "unexpected"}
+                 for rel, got in sorted(actual.items()) if rel not in expected]
+        manifest = folder / MANIFEST
+        try:
+            written = json.loads(manifest.read_text()) if manifest.is_file() else None
+        except ValueError:
+            written = "unreadable"
+        if written != expected:
+            rows.append({"path": MANIFEST, "expected": None, "actual": sha256_file(manifest) if manifest.is_file() else None,
+                         "status": "rewritten" if manifest.is_file() else "missing"})
+    recorded = tags.get(HASH_TAG)
+    if recorded is None:
+        rows.append({"path": "(package)", "expected": None, "actual": package_hash(folder),
+                     "status": "unrecorded (the version has no package_sha256 tag)"})
+    elif (got := package_hash(folder)) != recorded:
+        rows.append({"path": "(package)", "expected": recorded, "actual": got, "status": "modified"})
+    return rows
+
+
+def verified_folder(mv: ModelVersion, ref: str, action: str) -> Path:
+    """The version's package folder, refused (RegistryError naming every changed file) unless it
+    is exactly what was registered."""
+    bad = [f"{r['path']} ({r['status']})" for r in check_version(mv) if r["status"] != "ok"]
+    if bad:
+        raise RegistryError(f"{ref} (v{mv.version}): package {source_folder(mv)} is not what was registered: "
+                            f"{', '.join(bad)}; refusing to {action} (run `trust lineage {ref}`)")
+    return source_folder(mv)
+
+
 def _store(package_dir: Path, dest: Path) -> None:
     """Copy the package to `dest` whole or not at all, write its manifest, make files read-only."""
     tmp = dest.with_name(f".{dest.name}.partial")
@@ -147,7 +199,7 @@ def _tags(lineage: dict, gates: dict, digest: str) -> dict[str, str]:
     tags = {f"lineage.{k}": str(v)[:MAX_TAG_CHARS] for k, v in flatten(lineage).items()}
     tags |= {f"gate.{k}": str(v).lower() if isinstance(v, bool) else str(v)
              for k, v in flatten({g: r for g, r in gates.items() if isinstance(r, dict)}).items()}
-    tags |= {"gates.passed": str(gates["passed"]).lower(), "package_sha256": digest}
+    tags |= {"gates.passed": str(gates["passed"]).lower(), HASH_TAG: digest}
     return tags
 
 
@@ -166,8 +218,12 @@ def register_version(params: Params, root: Path, package_dir: Path, metrics: dic
     digest = package_hash(package_dir)
     dest = Path(root).resolve() / "mlartifacts" / "registry" / name / digest[:16]
     # Content-addressed: an existing copy is reused unless someone changed it since.
-    if not dest.is_dir() or any(r["status"] != "ok" for r in _safe_check(dest)):
+    if not dest.is_dir() or any(r["status"] != "ok" for r in _safe_check(dest)) or package_hash(dest) != digest:
         _store(package_dir, dest)
+    files = json.dumps(file_hashes(dest), sort_keys=True, separators=(",", ":"))
+    if len(files) > MAX_TAG_CHARS:
+        raise RegistryError(f"package {package_dir} has too many files ({len(file_hashes(dest))}) for their hashes "
+                            f"to fit one registry tag ({MAX_TAG_CHARS} characters); keep a package to its model files")
 
     client = MlflowClient()
     try:
@@ -176,7 +232,8 @@ def register_version(params: Params, root: Path, package_dir: Path, metrics: dic
         client.create_registered_model(name, description=f"trust erasure of '{params.concept.name}'")
     gates = gate_results(metrics, params.registry.gates)
     verdict = "passed" if gates["passed"] else "failed: " + ", ".join(failed_gates(gates))
-    mv = client.create_model_version(name, source=str(dest), run_id=run_id, tags=_tags(lineage, gates, digest),
+    mv = client.create_model_version(name, source=str(dest), run_id=run_id,
+                                     tags=_tags(lineage, gates, digest) | {FILES_TAG: files},
                                      description=f"erases '{params.concept.name}'; gates {verdict}")
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
     aliases = [CANDIDATE]
@@ -240,22 +297,17 @@ def source_folder(mv: ModelVersion) -> Path:
 def load_registered(ref: str, device: str = "cpu", check: bool = True):
     """Rebuild the registered pipeline's parts: the recorded base model plus the version's delta.
 
-    The package is checked against its manifest first (`check`), and `apply_delta` refuses a
-    base model whose fingerprint differs from the one the delta was made from.
+    The package is checked against what the registry recorded first (`check`), and `apply_delta`
+    refuses a base model whose fingerprint differs from the one the delta was made from.
     """
     from trust.delta import apply_delta
     from trust.models import load_model
 
     mv = resolve(ref)
-    folder = source_folder(mv)
+    folder = verified_folder(mv, ref, "load it") if check else source_folder(mv)
     if not folder.is_dir():
         raise RegistryError(f"{ref} (v{mv.version}): package folder {folder} does not exist; "
                             "was the project's mlartifacts/ folder moved or deleted?")
-    if check:
-        bad = [f"{r['path']} ({r['status']})" for r in check_files(folder) if r["status"] != "ok"]
-        if bad:
-            raise RegistryError(f"{ref} (v{mv.version}): package {folder} does not match its manifest: "
-                                f"{', '.join(bad)}; run `trust lineage {ref}`")
     for f in (PIPELINE, DELTA):
         if not (folder / f).is_file():
             raise RegistryError(f"{ref} (v{mv.version}): package {folder} has no {f}")
@@ -319,4 +371,4 @@ def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lin
 
 
 __all__ = ["RegistryError", "gate_results", "register_version", "resolve", "load_registered", "write_model_card",
-           "check_files", "package_hash", "source_folder", "parse_ref"]
+           "check_files", "check_version", "verified_folder", "package_hash", "source_folder", "parse_ref"]

@@ -13,6 +13,7 @@ import json
 import math
 import numbers
 import os
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -24,12 +25,15 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunStatus
 
+from trust.utils.lifecycle import Killed, alive, process_token
+
 if TYPE_CHECKING:  # trust.config imports torch; tracking must stay light for stage subprocesses
     from trust.config import Params, TrackingParams
 
 PARENT_ENV = "TRUST_PARENT_RUN_ID"
 PREFECT_ENV = "TRUST_PREFECT_FLOW_RUN_ID"
 PARENT_TAG = "mlflow.parentRunId"
+PROCESS_TAG, HOST_TAG = "trust.process", "trust.host"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
@@ -129,20 +133,46 @@ def _common_tags(root: Path) -> dict[str, str]:
     tags = git_info(root)
     if os.environ.get(PREFECT_ENV):
         tags["prefect.flow_run_id"] = os.environ[PREFECT_ENV]
+    # which process owns the run: a run whose process was killed (kill -9) is ended by the next one
+    tags[PROCESS_TAG], tags[HOST_TAG] = process_token(), socket.gethostname()
     return tags
+
+
+def end_dead_runs(experiment: str) -> list[str]:
+    """End as KILLED every RUNNING run of the named experiment whose process
+    on this machine is gone: a kill -9 leaves its runs RUNNING forever otherwise. Each gets a
+    `trust.ended_by` tag saying so. Returns their run ids."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    host = socket.gethostname()
+    ended = []
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        t = run.data.tags
+        if t.get(HOST_TAG) == host and t.get(PROCESS_TAG) and not alive(t[PROCESS_TAG]):
+            client.set_tag(run.info.run_id, "trust.ended_by",
+                           f"process {t[PROCESS_TAG]} was gone (killed); ended by process {process_token()}")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            ended.append(run.info.run_id)
+    return ended
 
 
 @contextmanager
 def _ended(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
-    """End the run FINISHED, or FAILED/KILLED when the block raises (the exception propagates)."""
+    """End the run FINISHED, or FAILED (KILLED on Ctrl-C or SIGTERM) when the block raises (the
+    exception propagates)."""
     run_id = active.info.run_id
     try:
         yield active
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Killed):  # Ctrl-C, or SIGTERM (a parent that died, `kill`)
         _end(run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
-    except BaseException:
-        _end(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except BaseException as e:
+        # Prefect's flow engine turns SIGTERM into its own TerminationSignal (not imported here:
+        # stage processes do not load Prefect)
+        _end(run_id, RunStatus.to_string(RunStatus.KILLED if type(e).__name__ == "TerminationSignal"
+                                          else RunStatus.FAILED))
         raise
     _end(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
@@ -160,6 +190,7 @@ def flow_run(name: str, params: Params, root: Path) -> Iterator[mlflow.ActiveRun
     """Parent run for one pipeline run; stage processes started inside nest under it."""
     root = Path(root).resolve()
     configure(params.tracking, root)
+    end_dead_runs(params.tracking.experiment)  # runs a killed earlier run left RUNNING
     tags = {"trust.flow": name, "trust.concept": params.concept.name, "trust.base_model": str(params.model.base),
             **_common_tags(root)}
     active = mlflow.start_run(run_name=name, tags=tags)

@@ -44,6 +44,9 @@ def reerase_cmd(
     from trust.registry import RegistryError
 
     _params(params)
+    from trust.cli.stages import supervise_self
+
+    supervise_self(["reerase", "--params", str(params), *(["--model", model] if model else [])])
     from flows.reerase import RepairFailed, reerase
 
     failed = None

@@ -16,12 +16,25 @@ def _stage(name: str, params: Path) -> None:
 
     from trust import tracking
 
+    import os
+
+    from trust.utils.lifecycle import exit_with_parent
+
     p = _params(params)
+    if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: never outlive it (a killed `trust run`)
+        exit_with_parent()
+    if (where := unwritable(Path.cwd())):
+        _fail(f"{name}: cannot write {where}; nothing was run. Make it writable (e.g. chmod -R u+w {where}) "
+              "or run from a writable copy of the project")
     _threads()
     tracking.configure(p.tracking, Path.cwd())
     module = importlib.import_module(f"trust.stages.{name}")
     try:
         result = module.run(p, Path.cwd())
+    except PermissionError as e:
+        # Found only as it writes (a file made read-only under a writable folder): the stage's
+        # staged outputs are discarded, the earlier ones are in place.
+        _fail(f"{name}: cannot write {e.filename}: {e.strerror}; make it writable and run the stage again")
     except (FileNotFoundError, ValueError) as e:
         # Missing inputs and bad settings found once the stage looks at them (a scorer without its
         # weights, a mask that does not fit the model): a message naming what to fix, exit 2.
@@ -34,6 +47,20 @@ def _stage(name: str, params: Path) -> None:
             raise typer.Exit(3)
         raise
     console.print_json(data={k: v for k, v in result.items() if not isinstance(v, (list,))} if isinstance(result, dict) else result)
+
+
+def unwritable(root: Path) -> Path | None:
+    """The first folder a stage writes into (the project, its outputs, metrics, data and caches)
+    that exists but cannot be written, checked before any model loads; None when all can."""
+    import os
+
+    from trust.stages import paths
+
+    for d in (root, root / "outputs", root / paths.METRICS, root / "data", root / ".cache",
+              *(root / "outputs" / s for s in paths.STAGES)):
+        if d.is_dir() and not os.access(d, os.W_OK | os.X_OK):
+            return d
+    return None
 
 
 @app.command("prompts")
@@ -74,6 +101,7 @@ def run_cmd(
 ) -> None:
     """Run the `unlearn` flow (every stage, skipping what is up to date), or one stage with --only."""
     p = _params(params)
+    supervise_self(["run", "--params", str(params), *(["--only", only] if only else []), *(["--force"] if force else [])])
     from flows.unlearn import pipeline_stages
 
     stages = pipeline_stages(p.builds_world)
@@ -92,6 +120,20 @@ def run_cmd(
         _fail(f"upstream stage(s) {', '.join(stale)} are stale; run `trust run` (all) or "
               f"`dvc repro {only}` (this stage and its upstream), or pass --force to run {only} on the old outputs")
     repro_stage(only, Path.cwd(), stage_env(), console.print)
+
+
+def supervise_self(args: list[str]) -> None:
+    """Run this command's work in a supervised child (trust/utils/lifecycle.py) and exit with its
+    code, unless this is that child: then SIGTERM (its supervisor died, or `kill`) ends every
+    process of its group (DVC, the stage, Prefect's temporary server) and unwinds this one."""
+    import sys
+
+    from trust.utils.lifecycle import supervise, supervised, terminate_group_on_sigterm
+
+    if supervised():
+        terminate_group_on_sigterm()
+        return
+    raise typer.Exit(supervise([sys.executable, "-m", "trust.cli", *args]))
 
 
 def _stale_stages(stages: list[str]) -> list[str]:

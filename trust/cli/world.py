@@ -37,6 +37,7 @@ def world_train_classifier(params: Path = PARAMS_OPT) -> None:
 @world_app.command("train")
 def world_train(params: Path = PARAMS_OPT) -> None:
     """Train the world's text-to-image model (resumes from the last checkpoint)."""
+    from trust.utils.fs import write_text_atomic
     from trust.utils.safetensors_io import write_json
     from trust.world.train import train_world
 
@@ -45,7 +46,7 @@ def world_train(params: Path = PARAMS_OPT) -> None:
     summary = train_world(p.world.train, p.world.model_dir, p.world.checkpoint_dir)
     losses = summary.pop("losses")
     METRICS_DIR.mkdir(exist_ok=True)
-    (METRICS_DIR / "world_train_loss.csv").write_text("step,loss\n" + "".join(f"{i + 1},{v}\n" for i, v in enumerate(losses)))
+    write_text_atomic(METRICS_DIR / "world_train_loss.csv", "step,loss\n" + "".join(f"{i + 1},{v}\n" for i, v in enumerate(losses)))
     write_json(summary, METRICS_DIR / "world_train.json")
     console.print(f"world model -> {p.world.model_dir} ({summary['fingerprint']})")
 

@@ -16,6 +16,7 @@ Torch-free.
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 
 from trust.concepts.neighbours import templates_showing
@@ -167,20 +168,50 @@ def pieces(word: str, tokenizer_dir: Path | None) -> str:
 def tokenize(text: str, tokenizer_dir: Path | None) -> list[str] | None:
     """Tokens of `text` (no start/end/padding, no end-of-word marks) with the tokenizer saved in
     `tokenizer_dir` (tokenizer.json, or CLIP's vocab.json + merges.txt); None when there is none."""
-    if tokenizer_dir is None:
+    if tokenizer_dir is None or (tok := _tokenizer(str(tokenizer_dir))) is None:
         return None
-    tokenizer_dir = Path(tokenizer_dir)
-    if (tokenizer_dir / "tokenizer.json").is_file():
+    # transformers' CLIPTokenizer (SD) has .tokenize; a tokenizers.Tokenizer (the world) encodes
+    toks = tok.tokenize(text) if hasattr(tok, "tokenize") else tok.encode(text).tokens
+    return [t.removesuffix("</w>") for t in toks if not (t.startswith("<|") and t.endswith("|>"))]
+
+
+def token_limit(tokenizer_dir: Path | None) -> int | None:
+    """How many prompt tokens the text encoder reads (model_max_length less the start and end
+    tokens), from the folder's tokenizer_config.json; None when it does not say."""
+    import json
+
+    cfg = Path(tokenizer_dir or "") / "tokenizer_config.json"
+    if tokenizer_dir is None or not cfg.is_file():
+        return None
+    n = json.loads(cfg.read_text()).get("model_max_length")
+    return int(n) - 2 if isinstance(n, int) and 2 < n < 100_000 else None
+
+
+def too_long(tokenizer_dir: Path | None):
+    """For read_prompt_set: why a prompt is longer than the text encoder reads, or None (no tokenizer)."""
+    limit = token_limit(tokenizer_dir)
+    if limit is None or _tokenizer(str(tokenizer_dir)) is None:
+        return None
+
+    def why(prompt: str) -> str | None:
+        n = len(tokenize(prompt, tokenizer_dir) or [])
+        return f"{n} tokens long, over the {limit} the text encoder reads ({len(prompt)} characters)" if n > limit else None
+
+    return why
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(tokenizer_dir: str):
+    d = Path(tokenizer_dir)
+    if (d / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
-        toks = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode(text).tokens
-    elif (tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file():
+        return Tokenizer.from_file(str(d / "tokenizer.json"))
+    if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
         from transformers import CLIPTokenizer
 
-        toks = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True).tokenize(text)
-    else:
-        return None
-    return [t.removesuffix("</w>") for t in toks if not (t.startswith("<|") and t.endswith("|>"))]
+        return CLIPTokenizer.from_pretrained(str(d), local_files_only=True)
+    return None
 
 
 def split_words(prompts: list[str], tokenizer_dir: Path | None) -> dict[str, list[str]]:

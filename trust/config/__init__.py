@@ -6,18 +6,21 @@ type or an impossible value is one `ParamsError` naming the key and what is allo
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from trust.methods.registry import METHODS
 from trust.methods.trust.config import TrustConfig
 from trust.config.base import _refuse_moved, _Strict
 from trust.config.evaluate import (AttackParams, DetectorParams, EvaluateParams, P4DParams, RingABellParams,  # noqa: F401
                                    UnlearnDiffAtkParams)
-from trust.utils.model_kind import KIND_SD, KIND_WORLD, folder_kind
+from trust.utils import strict_yaml
+from trust.utils.model_kind import KIND_SD, KIND_WORLD, folder_kind, model_problem
 from trust.world.config import ClassifierTrainConfig, FidelityConfig, WorldTrainConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -56,6 +59,19 @@ class ModelParams(_Strict):
                           "evaluate.detector.kind: clip")
 
 
+def _has_text(prompt: str) -> str:
+    # "" is the unconditional prompt: erasing it would erase everything the model draws. (An empty
+    # anchor or preservation prompt is left alone: mapping to, or keeping, the unconditional is a
+    # choice ESD makes.)
+    if not prompt.strip():
+        raise ValueError("empty target prompt; an empty prompt is the unconditional one (every image), give the "
+                         "words of a prompt that shows the concept or remove the entry")
+    return prompt
+
+
+TargetPrompt = Annotated[str, AfterValidator(_has_text)]
+
+
 class ConceptParams(_Strict):
     """What to erase. On the built-in world a concept is a label set over the world classifier's
     heads (`detect`) and its `kind`; what the spec leaves out is derived from them
@@ -77,7 +93,7 @@ class ConceptParams(_Strict):
         description="detector labels that mean 'the concept is present' (world classifier heads shape, colour, "
                     "background)",
     )
-    target: list[str] | None = Field(
+    target: list[TargetPrompt] | None = Field(
         None, min_length=1,
         description="prompt templates that show the concept (the forget set); null: derived from `detect`")
     anchor: str | None = Field(
@@ -88,10 +104,10 @@ class ConceptParams(_Strict):
     keep: list[dict[str, str]] | None = Field(
         None, description="detector labels of kept concepts, each shown by some preservation prompt; null: the "
                           "concept's neighbours, from `kind` and `detect`")
-    add_target: list[str] = Field([], description="templates added to the given or derived `target` (wordings)")
+    add_target: list[TargetPrompt] = Field([], description="templates added to the given or derived `target` (wordings)")
     add_preserve: list[str] = Field([], description="templates added to the given or derived `preserve`")
     add_keep: list[dict[str, str]] = Field([], description="label sets added to the given or derived `keep`")
-    literal_targets: list[str] = Field(
+    literal_targets: list[TargetPrompt] = Field(
         [], description="prompts found to show the concept (re-erasure adds the attacks' successful prompts here): "
                         "in the forget set as written, neither expanded nor checked against the world's words "
                         "(attack tokens need not be words)")
@@ -493,6 +509,11 @@ def _format(err: ValidationError, path: Path) -> str:
                 lines += [f"  {line}" for line in msg.removeprefix(SPEC_ERRORS).splitlines()]
                 continue
             got = e.get("input")
+            if not e["loc"]:
+                # A check across sections names its own key ("model.base: ..."); the input is the
+                # whole params dict, which says nothing the message does not.
+                lines.append(f"  {msg}" if re.match(r"[\w.\[\]]+: ", msg) else f"  (top level): {msg}")
+                continue
             # a whole section as the input says nothing the message does not: leave it out
             lines.append(f"  {key}: {msg}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return "\n".join(lines)
@@ -506,30 +527,67 @@ def load_params(path: Path | str = DEFAULT_PARAMS, root: Path | str | None = Non
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found; run from the project root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = strict_yaml.load(path.read_text(encoding="utf-8"))
+    except strict_yaml.DuplicateKeyError as e:
+        raise ParamsError(f"{path}: 1 invalid parameter(s); nothing was run\n  {e}") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    if raw is None:
+        # An empty file would run every stage on hidden defaults: say so instead.
+        raise ParamsError(f"{path}: empty; nothing was run. Start from the shipped params.yaml (every key is "
+                          "documented in trust/config/), or write at least the sections you change")
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     try:
         params = Params.model_validate(raw, context={"root": Path(root) if root is not None else Path.cwd()})
     except ValidationError as e:
         raise ParamsError(_format(e, path)) from None
-    problems = file_problems(params) if check_files else []
+    problems = non_finite(params)
+    if check_files and not problems:
+        problems = file_problems(params)
     if problems:
         raise ParamsError(f"{path}: {len(problems)} invalid parameter(s); nothing was run\n"
                           + "\n".join(f"  {p}" for p in problems))
     return params
 
 
+def non_finite(model: BaseModel, prefix: str = "") -> list[str]:
+    """Every number in the validated params that is inf or NaN, by dotted key. YAML's `.inf` and
+    `.nan` (and the strings "inf", "nan") are floats pydantic accepts, and no bound (gt=0) stops
+    +inf: an lr of .inf turns every delta value into NaN three steps later."""
+    out = []
+
+    def walk(value, key: str) -> None:
+        if isinstance(value, BaseModel):
+            for name, field in type(value).model_fields.items():
+                walk(getattr(value, name), f"{key}.{field.alias or name}" if key else (field.alias or name))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{key}.{i}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(f"{key}: must be a finite number (got {value})")
+
+    walk(model, prefix)
+    return out
+
+
 def file_problems(params: Params) -> list[str]:
     """What the files params.yaml names must hold, checked before any stage works (paths are
     resolved by now): the attack prompt set exists and parses, a CLIP folder that is used exists."""
+    from trust.concepts.spec import too_long
     from trust.utils.prompt_csv import PromptSetError, read_prompt_set
 
     out = []
+    if not params.builds_world and (why := model_problem(params.model.base)):  # the world stage builds its own
+        out.append(f"model.base: {why}")
+    tokenizer = (params.world.model_dir if params.builds_world else params.model.base) / "tokenizer"
     try:
-        read_prompt_set(params.evaluate.attacks.prompt_set)
+        read_prompt_set(params.evaluate.attacks.prompt_set, too_long=too_long(tokenizer))
     except PromptSetError as e:
         out.append(f"evaluate.attacks.prompt_set: {e}")
     if params.prompts.paraphraser is not None:

@@ -120,6 +120,10 @@ class EvaluateParams(_Strict):
         None, description="folder of reference images (PNG/JPEG/WebP, e.g. COCO val2014) for FID of the base and the "
                           "erased model and their difference (needs inception_weights); null: FID between erased and "
                           "base images of the same prompts and seeds (the world: against rendered scenes)")
+    trust_torchscript: bool = Field(
+        False, description="load evaluate.inception_weights, a TorchScript file: TorchScript is a program, and "
+                           "loading it runs the code it holds, so it is refused unless this is true (only for a "
+                           "file you trust, e.g. inception-2015-12-05.pt checked against its published sha256)")
     report: bool = Field(True, description="write outputs/evaluate/report.html")
     distributed: bool = Field(
         False, description="generate the evaluation images in shards over Dask workers (dask.distributed, "
@@ -129,7 +133,32 @@ class EvaluateParams(_Strict):
         None, description="scheduler of an existing Dask cluster (e.g. tcp://host:8786) whose workers read "
                           "model.base and the delta at the same absolute paths; null: a LocalCluster of `workers` "
                           "single-threaded worker processes (distributed: true only)")
+    dask_insecure: bool = Field(
+        False, description="allow a plain tcp:// dask_address: Dask sends pickles, unencrypted and unauthenticated, "
+                           "so whoever reaches that scheduler runs code in the workers; without this only tls:// "
+                           "is accepted")
     workers: int = Field(2, ge=1, description="LocalCluster worker processes (distributed: true, no dask_address)")
     shard_size: int = Field(
         64, ge=1, description="(prompt, seed) pairs per shard, sampled as one batch; the serial path samples in "
                               "batches of the same size, so both paths give identical images")
+
+    @model_validator(mode="after")
+    def _no_code_by_default(self) -> "EvaluateParams":
+        # Both refusals come before any work: a TorchScript file and a Dask scheduler's pickles each
+        # run code in this process or its workers.
+        if self.inception_weights is not None and not self.trust_torchscript:
+            raise ValueError(
+                f"evaluate.inception_weights: {str(self.inception_weights)!r} is a TorchScript file, and loading "
+                "TorchScript runs the code it holds; set evaluate.trust_torchscript: true if you trust this file "
+                "(e.g. inception-2015-12-05.pt matching its published sha256), or inception_weights: null")
+        if self.dask_address:
+            scheme = self.dask_address.split("://", 1)[0] if "://" in self.dask_address else "tcp"
+            if scheme == "tcp" and not self.dask_insecure:
+                raise ValueError(
+                    f"evaluate.dask_address: {self.dask_address!r} is plain TCP: Dask sends pickles unencrypted and "
+                    "unauthenticated, so whoever reaches the scheduler runs code in its workers; use tls://HOST:PORT "
+                    "(with distributed.comm.tls certificates) or set evaluate.dask_insecure: true on a network you trust")
+            if scheme not in ("tcp", "tls"):
+                raise ValueError(f"evaluate.dask_address: scheme {scheme}:// is not supported; use tls://HOST:PORT "
+                                 "(or tcp:// with evaluate.dask_insecure: true)")
+        return self

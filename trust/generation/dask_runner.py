@@ -86,14 +86,21 @@ def dask_client(settings: GenerationSettings) -> Iterator["distributed.Client"]:
         yield client
 
 
+LOCALHOST = "127.0.0.1"
+
+
 @contextmanager
 def _local_client(settings: GenerationSettings, **worker_kwargs) -> Iterator["distributed.Client"]:  # noqa: F821
     from distributed import Client, LocalCluster
 
     # No dashboard (nothing watches it, and it costs start-up); the scheduler's HTTP server (health,
-    # metrics) on a free port rather than 8787, which another cluster may hold. Only warnings logged.
-    with LocalCluster(n_workers=settings.workers, threads_per_worker=1, processes=settings.processes,
-                      dashboard_address=None, scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
+    # metrics) on a free port rather than 8787, which another cluster may hold. Scheduler, workers
+    # and that server listen on 127.0.0.1 only: Dask's traffic is pickles. Only warnings logged.
+    # (threads: Dask's in-process transport, no socket to bind)
+    where = {"host": LOCALHOST} if settings.processes else {}
+    with LocalCluster(n_workers=settings.workers, threads_per_worker=1, processes=settings.processes, **where,
+                      dashboard_address=None,
+                      scheduler_kwargs={"dashboard": False, "dashboard_address": f"{LOCALHOST}:0"},
                       silence_logs=logging.WARNING, **worker_kwargs) as cluster, \
             Client(cluster, set_as_default=False) as client:
         yield client

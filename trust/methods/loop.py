@@ -13,6 +13,7 @@ Timing: `train_s` is the time inside `method.step` only; a check's own time is n
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from trust.config import FinetuneParams, LocalizeParams
+from trust.delta import NonFiniteError
 from trust.methods.data import ForgetData
 from trust.methods.registry import method_class
 
@@ -103,6 +105,7 @@ def train(method: "Method", steps: int, *, start: int = 0, history: list[dict] |
         result.train_s += result.step_s[-1]
         done = result.steps_run = step + 1
         result.history.append({"step": done, **info})
+        _refuse_non_finite(info, done)
         result.out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds and done < steps
         last = method.finished or done == steps or result.out_of_time
         if check is not None and (last or (check_every and done % check_every == 0)):
@@ -121,6 +124,15 @@ def train(method: "Method", steps: int, *, start: int = 0, history: list[dict] |
         result.materialise_s = time.perf_counter() - t0
     result.wall_s = time.perf_counter() - t_start
     return result
+
+
+def _refuse_non_finite(info: dict, step: int) -> None:
+    # A diverged run (an lr of 1e6) makes every later step's loss NaN and every weight NaN; stop at
+    # the first such step, before anything is checkpointed, written or registered.
+    bad = {k: v for k, v in info.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise NonFiniteError(f"training diverged at step {step}: " + ", ".join(f"{k} = {v}" for k, v in bad.items())
+                             + "; nothing was written. Lower finetune.lr (or the method's loss weights)")
 
 
 def _materialise(method: "Method", result: TrainResult, device: torch.device) -> None:

@@ -60,12 +60,15 @@ def world_frechet(classifier, reference: torch.Tensor, base: torch.Tensor, erase
 class InceptionFeatures:
     """Standard FID features: 2048-d pool features of the TorchScript Inception-v3."""
 
-    def __init__(self, path: Path | str | None, param: str = "evaluate.inception_weights"):
+    def __init__(self, path: Path | str | None, param: str = "evaluate.inception_weights", trusted: bool = False):
         if path is None:
             raise FidelityError(f"{param} is not set: standard FID needs Inception weights; {INCEPTION_HELP}")
         path = Path(path)
         if not path.is_file():
             raise FidelityError(f"{param}: file {str(path)!r} does not exist; {INCEPTION_HELP}")
+        if not trusted:  # the params check refuses it first; this keeps any other caller honest
+            raise FidelityError(f"{param}: {str(path)!r} is TorchScript, which runs the code it holds when loaded; "
+                                "set evaluate.trust_torchscript: true for a file you trust")
         self.path = path
         self.model = torch.jit.load(str(path), map_location="cpu").eval()
 

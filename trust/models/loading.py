@@ -18,52 +18,22 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from trust.models.errors import ModelLoadError
 from trust.models.identity_vae import IdentityVAE
 from trust.models.parts import DiffusionParts
-from trust.utils.model_kind import KIND_SD, KIND_WORLD, SD_INDEX, WORLD_INDEX, folder_kind
-from trust.utils.safetensors_io import PICKLE_SUFFIXES, write_json
+from trust.utils.model_kind import (COMPONENTS, KIND_SD, KIND_WORLD, SD_INDEX,  # noqa: F401 (re-exported)
+                                    WORLD_INDEX, components_problem, kind_problem)
+from trust.utils.safetensors_io import write_json
 
-COMPONENTS = ("tokenizer", "text_encoder", "unet", "scheduler", "vae")
-WEIGHTED = ("text_encoder", "unet", "vae")
-EXPECTED = (
-    f"a diffusers StableDiffusionPipeline folder (with {SD_INDEX} and tokenizer/, text_encoder/, unet/, "
-    f"scheduler/, vae/ holding .safetensors weights) or a trust world folder (with {WORLD_INDEX})"
-)
 
 
 def detect_kind(path: Path) -> str:
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"model path {str(path)!r} does not exist; expected {EXPECTED}")
-    if path.is_file():
-        if path.suffix in PICKLE_SUFFIXES:
-            raise ModelLoadError(
-                f"{path} is a pickle-based checkpoint ({path.suffix}); trust never unpickles weights. "
-                f"Expected {EXPECTED}. Convert it once, in an environment you trust, with diffusers' "
-                "scripts/convert_original_stable_diffusion_to_diffusers.py --to_safetensors"
-            )
-        raise ModelLoadError(
-            f"{path} is a single file; expected {EXPECTED}. For a single-file .safetensors checkpoint run "
-            "StableDiffusionPipeline.from_single_file(path).save_pretrained(folder, safe_serialization=True)"
-        )
-    kind = folder_kind(path)
-    if kind is not None:
-        return kind
-    raise ModelLoadError(f"{path} has neither {SD_INDEX} nor {WORLD_INDEX}: it is not a pipeline folder; expected {EXPECTED}")
+    kind, why = kind_problem(path)
+    if why:
+        raise ModelLoadError(why)
+    return kind
 
 
 def _check_components(path: Path, kind: str) -> None:
-    missing = [c for c in COMPONENTS if not (path / c).is_dir()]
-    if missing:
-        raise ModelLoadError(f"{path} lacks component folder(s) {', '.join(missing)}; expected {EXPECTED}")
-    # The world's identity VAE has no weights.
-    for c in WEIGHTED if kind == KIND_SD else ("text_encoder", "unet"):
-        folder = path / c
-        if not any(folder.glob("*.safetensors")):
-            pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-            hint = f" (found pickle weights {pickles}, which trust does not load)" if pickles else ""
-            raise ModelLoadError(
-                f"{folder} has no .safetensors weights{hint}; re-save the pipeline with "
-                "save_pretrained(folder, safe_serialization=True) in a trusted environment"
-            )
+    if why := components_problem(path, kind):
+        raise ModelLoadError(why)
 
 
 def load_model(path: str | Path, device: str = "cpu") -> DiffusionParts:

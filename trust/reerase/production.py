@@ -13,22 +13,17 @@ DELTA_FROM_PARENT = paths.FINETUNE_DIR / "delta_from_parent.safetensors"
 
 
 def resolve_production(ref: str) -> dict:
-    """Pin MODEL@ALIAS to a version and check its package against the manifest before using it.
+    """Pin MODEL@ALIAS to a version and check its package against what the registry recorded
+    before using it.
 
     Returns what the later steps need: the pinned version, its package and delta, the base
     model (and fingerprint) it was made from, the package hash and the erasure method.
     """
     from trust.delta import read_delta
-    from trust.registry import DELTA, PIPELINE, RegistryError, check_files, resolve, source_folder
+    from trust.registry import DELTA, PIPELINE, resolve, verified_folder
 
     mv = resolve(ref)
-    folder = source_folder(mv)
-    if not folder.is_dir():
-        raise RegistryError(f"{ref} (v{mv.version}): package folder {folder} does not exist")
-    bad = [f"{r['path']} ({r['status']})" for r in check_files(folder) if r["status"] != "ok"]
-    if bad:
-        raise RegistryError(f"{ref} (v{mv.version}): package {folder} does not match its manifest: {', '.join(bad)}; "
-                            f"refusing to re-erase from it (run `trust lineage {ref}`)")
+    folder = verified_folder(mv, ref, "re-erase from it")
     spec = json.loads((folder / PIPELINE).read_text())
     _, meta = read_delta(folder / DELTA)
     return {"ref": ref, "name": mv.name, "version": int(mv.version), "pinned": f"{mv.name}/{mv.version}",

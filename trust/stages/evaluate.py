@@ -146,7 +146,7 @@ def inception_fid(ev, root: Path, base: torch.Tensor, erased: torch.Tensor, refe
                 "reason": "fewer than 2 preservation images: add prompts to concept.preserve or raise "
                           "evaluate.samples_per_prompt"}
     w = ev.inception_weights
-    features = InceptionFeatures(w)
+    features = InceptionFeatures(w, trusted=ev.trust_torchscript)
     b, e = features(base), features(erased)  # once each: Inception on SD-sized images is the slow part
     out = {"name": "FID (Inception-v3)", "weights": str(features.path), "erased_vs_base": frechet_distance(e, b)}
     if reference is not None:

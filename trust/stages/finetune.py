@@ -31,7 +31,7 @@ from trust.metrics.detection import detected
 from trust.models import load_model
 from trust.stages import localize, paths, prompts
 from trust.tracking import stage_run
-from trust.utils.fs import staged_dir
+from trust.utils.fs import staged_dir, write_text_atomic
 from trust.utils.safetensors_io import load_tensors, save_tensors, write_json
 
 console = Console(stderr=True)
@@ -216,9 +216,9 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
                                              "stop_drop": bar.max_drop},
         }
         write_json(metrics, root / paths.METRICS / "finetune.json")
-        (root / paths.METRICS / "finetune_curve.csv").write_text(
-            "step," + ",".join(CURVE_KEYS) + "\n"
-            + "".join(f"{h['step']}," + ",".join(str(h.get(k, "")) for k in CURVE_KEYS) + "\n" for h in history))
+        write_text_atomic(root / paths.METRICS / "finetune_curve.csv", "step," + ",".join(CURVE_KEYS) + "\n"
+                          + "".join(f"{h['step']}," + ",".join(str(h.get(k, "")) for k in CURVE_KEYS) + "\n"
+                                    for h in history))
         for h in history:
             run_.log_metrics({k: h[k] for k in CURVE_KEYS if k in h}, step=h["step"])
         run_.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
