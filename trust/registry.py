@@ -119,18 +119,16 @@ def check_files(folder: Path) -> list[dict]:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise RegistryError(f"{folder} has no {MANIFEST}: it was not registered by trust or was tampered with")
-    expected: dict[str, str] = json.loads(manifest_path.read_text())
-    rows = []
-    for rel, want in sorted(expected.items()):
-        p = folder / rel
-        got = sha256_file(p) if p.is_file() else None
-        status = "missing" if got is None else "ok" if got == want else "modified"
-        rows.append({"path": rel, "expected": want, "actual": got, "status": status})
-    for p in _package_files(folder):
-        rel = p.relative_to(folder).as_posix()
-        if rel not in expected:
-            rows.append({"path": rel, "expected": None, "actual": sha256_file(p), "status": "unexpected"})
-    return rows
+    return _compare(json.loads(manifest_path.read_text()), file_hashes(folder))
+
+
+def _compare(expected: dict[str, str], actual: dict[str, str]) -> list[dict]:
+    """One row per file: ok / modified / missing (expected, not there) / unexpected (there, not expected)."""
+    rows = [{"path": rel, "expected": want, "actual": actual.get(rel),
+             "status": "missing" if rel not in actual else "ok" if actual[rel] == want else "modified"}
+            for rel, want in sorted(expected.items())]
+    return rows + [{"path": rel, "expected": None, "actual": got, "status": "unexpected"}
+                   for rel, got in sorted(actual.items()) if rel not in expected]
 
 
 def check_version(mv: ModelVersion) -> list[dict]:
@@ -148,12 +146,7 @@ def check_version(mv: ModelVersion) -> list[dict]:
         rows = check_files(folder)
     else:
         expected: dict[str, str] = json.loads(tags[FILES_TAG])
-        actual = file_hashes(folder)
-        rows = [{"path": rel, "expected": want, "actual": actual.get(rel),
-                 "status": "missing" if rel not in actual else "ok" if actual[rel] == want else "modified"}
-                for rel, want in sorted(expected.items())]
-        rows += [{"path": rel, "expected": None, "actual": got, "status": "unexpected"}
-                 for rel, got in sorted(actual.items()) if rel not in expected]
+        rows = _compare(expected, file_hashes(folder))
         manifest = folder / MANIFEST
         try:
             written = json.loads(manifest.read_text()) if manifest.is_file() else None
@@ -220,9 +213,10 @@ def register_version(params: Params, root: Path, package_dir: Path, metrics: dic
     # Content-addressed: an existing copy is reused unless someone changed it since.
     if not dest.is_dir() or any(r["status"] != "ok" for r in _safe_check(dest)) or package_hash(dest) != digest:
         _store(package_dir, dest)
-    files = json.dumps(file_hashes(dest), sort_keys=True, separators=(",", ":"))
+    hashes = file_hashes(dest)
+    files = json.dumps(hashes, sort_keys=True, separators=(",", ":"))
     if len(files) > MAX_TAG_CHARS:
-        raise RegistryError(f"package {package_dir} has too many files ({len(file_hashes(dest))}) for their hashes "
+        raise RegistryError(f"package {package_dir} has too many files ({len(hashes)}) for their hashes "
                             f"to fit one registry tag ({MAX_TAG_CHARS} characters); keep a package to its model files")
 
     client = MlflowClient()

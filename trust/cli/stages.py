@@ -13,11 +13,9 @@ from trust.cli.app import PARAMS_OPT, _fail, _params, _threads, app, console, er
 def _stage(name: str, params: Path) -> None:
     """Run one pipeline stage in-process (what `dvc repro` calls)."""
     import importlib
-
-    from trust import tracking
-
     import os
 
+    from trust import tracking
     from trust.utils.lifecycle import exit_with_parent
 
     p = _params(params)
