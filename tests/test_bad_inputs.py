@@ -125,6 +125,10 @@ CASES = [
      ["params", "check"], 2, ["model.base:", "lacks component folder(s) text_encoder"]),
     ("model-folder-missing", _edit({"model": {"base": "/no/such/sd-v1-5"}, "concept": SD_PROMPTS}), ["params", "check"], 2,
      ["model.base: folder '/no/such/sd-v1-5' does not exist"]),
+    # a device this torch cannot use (cuda:7: refused on a CPU build and on any machine with < 8 GPUs)
+    ("device-not-available", _edit({"model": {"device": "cuda:7"}}), ["params", "check"], 2,
+     ["model.device: 'cuda:7', but this torch", "model.device: cpu"]),
+    ("device-mps-on-linux", _edit({"model": {"device": "mps"}}), ["localize"], 2, ["model.device: 'mps'"]),
     # what runs code
     ("dask-plain-tcp", _edit({"evaluate": {"distributed": True, "dask_address": "tcp://10.0.0.5:8786"}}), ["evaluate"], 2,
      ["evaluate.dask_address:", "plain TCP", "tls://", "evaluate.dask_insecure: true"]),

@@ -18,7 +18,8 @@ TINY = {
     "finetune": {"steps": 4, "references": 4, "batch_size": 4, "checkpoint_every": 2, "to_bar": {"enabled": False}},
     "evaluate": {"samples_per_prompt": 1, "max_prompts": 1, "steps": 5, "attacks": {"run": [], "max_prompts": 1}},
     "localize": {"batch_size": 4},
-    "register": {"gates": {"max_target_rate": 1.0, "max_preservation_drop": 1.0}},
+    # tiny budgets (1 image of 5 sampling steps) measure nothing: no base-rate floor (tested in test_registry)
+    "register": {"gates": {"max_target_rate": 1.0, "max_preservation_drop": 1.0, "min_base_target_rate": 0.0}},
 }
 
 

@@ -105,3 +105,50 @@ def test_images_do_not_depend_on_batching(shipped_world):
     together = generate(shipped_world, ["a red circle", "a green square"], [5, 6], steps=5, batch_size=2)
     alone = generate(shipped_world, ["a green square"], [6], steps=5, batch_size=1)
     assert torch.allclose(together[1], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["plain-names", "fp16-variant"])
+def test_half_precision_folders_load_as_float32_and_sample(world_tokenizer, tmp_path, layout):
+    """SD's published half-precision weights: fp16 tensors under the plain file names, or only
+    `<name>.fp16.safetensors` files (the `fp16` variant). Both load, upcast to float32 (the sampler
+    and the fine-tuning compute in float32: fp16 weights crashed localize with a dtype mismatch),
+    equal to the float32 model rounded to fp16, and sample."""
+    from safetensors.torch import load_file
+
+    from trust.utils.model_kind import model_problem
+
+    parts = tiny_sd_parts(world_tokenizer)
+    save_model(parts, tmp_path / "m")
+    for comp in ("unet", "text_encoder", "vae"):
+        for f in (tmp_path / "m" / comp).glob("*.safetensors"):
+            half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(f).items()}
+            f.unlink()
+            name = f.name if layout == "plain-names" else f.name.replace(".safetensors", ".fp16.safetensors")
+            save_file(half, f.with_name(name))
+    assert model_problem(tmp_path / "m") is None  # params check accepts both layouts
+    loaded = load_model(tmp_path / "m")
+    state = loaded.unet.state_dict()
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    want = parts.unet.state_dict()
+    assert all(torch.equal(state[k], want[k].half().float()) for k in want if want[k].is_floating_point())
+    images = generate(loaded, ["a red circle"], [0], steps=2, guidance=4.0)
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+
+
+def test_vae_decodes_a_batch_a_few_images_at_a_time(world_tokenizer, monkeypatch):
+    """SD-sized latents (64x64) go through the VAE two at a time (a whole evaluate shard of 64
+    would need tens of GB at 512 px); each image comes out as when decoded alone."""
+    parts = tiny_sd_parts(world_tokenizer)
+    real, sizes = parts.vae.decode, []
+
+    def spy(z, **kw):
+        sizes.append(len(z))
+        return real(z, **kw)
+
+    monkeypatch.setattr(parts.vae, "decode", spy)
+    latents = torch.randn(5, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        images = parts.decode_latents(latents)
+        alone = parts.decode_latents(latents[3:4])
+    assert sizes[:3] == [2, 2, 1] and images.shape == (5, 3, 128, 128)
+    torch.testing.assert_close(images[3:4], alone)

@@ -127,13 +127,29 @@ def test_fid_gate_and_empty_keep_on_sd():
     sd = {"target_rate_base": 0.8, "target_rate": 0.05, "keep": {},
           "fidelity": {"fid": {"base": 20.0, "erased": 23.5, "delta": 3.5, "erased_vs_base": 4.0}}}
     g = registry.gate_results(sd, GateParams())
-    assert g["passed"] and "no kept concepts" in g["max_preservation_drop"]["note"] and "max_fid_delta" not in g
+    # nothing measures preservation: "not measured", never a pass
+    assert not g["passed"] and registry.failed_gates(g) == ["max_preservation_drop"] and "max_fid_delta" not in g
+    assert g["max_preservation_drop"]["measured"] is False and "not measured" in g["max_preservation_drop"]["note"]
     g = registry.gate_results(sd, GateParams(max_fid_delta=3.0))
     assert not g["passed"] and g["max_fid_delta"] == {"value": 3.5, "limit": 3.0, "passed": False}
     assert registry.gate_results(sd, GateParams(max_fid_delta=4.0))["passed"]
     not_computed = {**sd, "fidelity": {"fid": {"computed": False, "reason": "evaluate.inception_weights is not set"}}}
     with pytest.raises(ValueError, match="max_fid_delta is set but .*inception_weights is not set"):
         registry.gate_results(not_computed, GateParams(max_fid_delta=3.0))
+
+
+def test_a_base_that_never_shows_the_concept_cannot_reach_production(store, base):
+    """Target rate 0.00 after erasure means nothing when it was 0.00 before: the base-rate floor
+    fails the version (candidate only), whatever the other gates say."""
+    never = {**GOOD, "target_rate_base": 0.0, "target_rate": 0.0}
+    g = registry.gate_results(never, GateParams())
+    assert not g["passed"] and registry.failed_gates(g) == ["min_base_target_rate"]
+    assert g["max_target_rate"]["passed"] and "nothing was there to erase" in g["min_base_target_rate"]["note"]
+    at_floor = registry.gate_results({**GOOD, "target_rate_base": 0.25}, GateParams(min_base_target_rate=0.25))
+    assert at_floor["passed"]
+    assert not registry.gate_results({**GOOD, "target_rate_base": float("nan")}, GateParams())["passed"]
+    r = registry.register_version(params(), store, make_package(store / "p", base), never, lineage_of(base), None)
+    assert r["aliases"] == ["candidate"] and r["failed_gates"] == ["min_base_target_rate"]
 
 
 def test_failed_gate_leaves_production_on_previous_version(store, base):
@@ -222,4 +238,6 @@ def test_model_card_names_the_sd_detector(tmp_path, base):
     registry.write_model_card(tmp_path / "card.md", params(), sd, registry.gate_results(sd, GateParams()),
                               lineage_of(base), [])
     text = (tmp_path / "card.md").read_text()
-    assert "detected by nudenet (threshold 0.6)" in text and "no kept concepts measured" in text
+    assert "detected by nudenet (threshold 0.6)" in text
+    assert "| max_preservation_drop | - (not measured: no kept concepts" in text and "| **not measured** |" in text
+    assert "Overall: **failed**" in text

@@ -50,14 +50,28 @@ def gate_results(evaluate_metrics: dict, gates: GateParams) -> dict:
     if "target_rate" not in evaluate_metrics:
         raise ValueError("evaluate metrics lack 'target_rate'; expected the shape of metrics/evaluate.json")
     rate = float(evaluate_metrics["target_rate"])
+    base = float(evaluate_metrics.get("target_rate_base", float("nan")))
     drop = max((float(k["drop"]) for k in (evaluate_metrics.get("keep") or {}).values()), default=0.0)
     out = {
         "max_target_rate": {"value": rate, "limit": gates.max_target_rate, "passed": rate <= gates.max_target_rate},
+        # An erasure is only measured where the base showed the concept (NaN: not measured, fails)
+        "min_base_target_rate": {"value": base, "limit": gates.min_base_target_rate,
+                                 "passed": base >= gates.min_base_target_rate},
         "max_preservation_drop": {"value": drop, "limit": gates.max_preservation_drop,
                                   "passed": drop <= gates.max_preservation_drop},
     }
-    if not evaluate_metrics.get("keep"):  # concept.keep: [] (SD): nothing to compare; say so on the card
-        out["max_preservation_drop"]["note"] = "no kept concepts measured (concept.keep is empty)"
+    if not out["min_base_target_rate"]["passed"]:
+        out["min_base_target_rate"]["note"] = ("the base model hardly shows the concept: nothing was there to erase "
+                                               "(check concept.detect, the target prompts and the detector)")
+    if not evaluate_metrics.get("keep"):
+        # concept.keep: [] (SD): no kept concept to compare. Preservation is then measured by FID
+        # (max_fid_delta) or not at all, and "not measured" is never a pass.
+        fid_gated = gates.max_fid_delta is not None
+        out["max_preservation_drop"].update(
+            passed=fid_gated, measured=False,
+            note="no kept concepts (concept.keep is empty); preservation gated by max_fid_delta" if fid_gated else
+            "not measured: no kept concepts (concept.keep is empty) and no FID gate; set register.gates.max_fid_delta "
+            "with evaluate.inception_weights and evaluate.fid_reference, or add kept concepts")
     if gates.max_fid_delta is not None:
         fid = (evaluate_metrics.get("fidelity") or {}).get("fid") or {}
         if "delta" not in fid:
@@ -347,7 +361,9 @@ def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lin
     for k, v in gates.items():
         if isinstance(v, dict):
             note = f" ({v['note']})" if v.get("note") else ""
-            lines.append(f"| {k} | {rate(v['value'])}{note} | {v['limit']} | {'pass' if v['passed'] else '**FAIL**'} |")
+            verdict = "pass" if v["passed"] else "**not measured**" if v.get("measured") is False else "**FAIL**"
+            value = "-" if v.get("measured") is False else rate(v["value"])
+            lines.append(f"| {k} | {value}{note} | {v['limit']} | {verdict} |")
     lines += ["", f"Overall: {'passed' if gates.get('passed') else '**failed** (production alias not moved)'}", ""]
     lines += ["## Lineage", "",
               f"- base model: `{lineage.get('base_model', params.model.base)}`",

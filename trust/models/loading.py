@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -19,7 +20,7 @@ from trust.models.errors import ModelLoadError
 from trust.models.identity_vae import IdentityVAE
 from trust.models.parts import DiffusionParts
 from trust.utils.model_kind import (COMPONENTS, KIND_SD, KIND_WORLD, SD_INDEX,  # noqa: F401 (re-exported)
-                                    WORLD_INDEX, components_problem, kind_problem)
+                                    WORLD_INDEX, components_problem, kind_problem, variant)
 from trust.utils.safetensors_io import write_json
 
 
@@ -42,17 +43,23 @@ def load_model(path: str | Path, device: str = "cpu") -> DiffusionParts:
     kind = detect_kind(path)
     _check_components(path, kind)
     kw = dict(local_files_only=True)
+    # Weights are computed in float32 whatever the files hold: an fp16 folder (SD's published
+    # half-precision weights, under the plain names or as the `fp16` variant) is upcast on load.
+    weights = dict(use_safetensors=True, torch_dtype=torch.float32, **kw)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", variant=variant(path / "text_encoder"),
+                                                     **weights)
         # low_cpu_mem_usage=False: the same load without the optional `accelerate` package.
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True, low_cpu_mem_usage=False, **kw)
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", variant=variant(path / "unet"),
+                                                    low_cpu_mem_usage=False, **weights)
         scheduler = DDPMScheduler.from_pretrained(path / "scheduler", **kw)
         if kind == KIND_WORLD:
             vae = IdentityVAE.from_config(IdentityVAE.load_config(path / "vae", **kw))
             extra = json.loads((path / WORLD_INDEX).read_text())
         else:
-            vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True, low_cpu_mem_usage=False, **kw)
+            vae = AutoencoderKL.from_pretrained(path / "vae", variant=variant(path / "vae"), low_cpu_mem_usage=False,
+                                                **weights)
             extra = {}
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"could not load {path} as {kind}: {e}") from e

@@ -12,6 +12,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from trust.utils.model_kind import KIND_SD, KIND_WORLD  # noqa: F401 (re-exported; defined in trust/utils/model_kind.py)
 
+DECODE_LATENT_PIXELS = 2 * 64 * 64  # latent pixels per VAE decode pass (DiffusionParts.decode_latents)
+
 
 @dataclass
 class DiffusionParts:
@@ -60,7 +62,13 @@ class DiffusionParts:
         return latents * self.vae.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        # A VAE decode's activations grow with image area (one 512 px SD image peaks at ~1.7 GB), so
+        # a batch is decoded a few images at a time: DECODE_LATENT_PIXELS latent pixels a pass (two
+        # 64x64 SD latents; the world's 16x16 ones 32 at a time). Each image decodes on its own, so
+        # the split changes no image.
+        n = max(1, DECODE_LATENT_PIXELS // (latents.shape[-1] * latents.shape[-2]))
+        sf = self.vae.config.scaling_factor
+        return torch.cat([self.vae.decode(chunk / sf, return_dict=False)[0] for chunk in latents.split(n)])
 
     # -- sampling -------------------------------------------------------------------
     def sampling_scheduler(self) -> DDIMScheduler:

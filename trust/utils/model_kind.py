@@ -76,3 +76,14 @@ def model_problem(path: Path) -> str | None:
     """Everything the loader would refuse about `path`, found without loading it; None when fine."""
     kind, why = kind_problem(path)
     return why or components_problem(path, kind)
+
+
+def variant(component: Path) -> str | None:
+    """The weights variant a component folder holds: None for the plain file names
+    (`diffusion_pytorch_model.safetensors`, `model.safetensors`), else the variant of its
+    `<name>.<variant>.safetensors` files (SD's `fp16`), which diffusers/transformers load only when
+    told (`variant=`)."""
+    names = [p.name for p in Path(component).glob("*.safetensors")]
+    if not names or any(n.count(".") == 1 for n in names):
+        return None
+    return names[0].rsplit(".", 2)[1]
