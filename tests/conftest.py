@@ -59,3 +59,18 @@ def shipped_classifier(shipped_params):
     from trust.world.classifier import ConceptClassifier
 
     return ConceptClassifier.load(ROOT / shipped_params.world.classifier_dir)
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow sqlite store with its tables created, made once: each test copies it rather than
+    paying MLflow's table creation and migrations (seconds) for a store of its own."""
+    import subprocess
+    import sys
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    # in a child process, so this session's MLflow holds no engine on the file being copied
+    subprocess.run([sys.executable, "-c", "import sys, mlflow; mlflow.set_tracking_uri('sqlite:///' + sys.argv[1]); "
+                    "mlflow.MlflowClient().search_experiments()", str(db)], check=True, capture_output=True,
+                   env={**__import__("os").environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    return db

@@ -137,7 +137,10 @@ pkg.mkdir(parents=True, exist_ok=True)
 save_delta(state, state, pkg / "delta.safetensors", {"base_fingerprint": parts.fingerprint(), "method": "none"})
 write_json({"base_model": str(base.resolve()), "base_fingerprint": parts.fingerprint(), "method": "none",
             "kind": "trust-delta-v1"}, pkg / "pipeline.json")
-metrics = {"target_rate_base": 1.0, "target_rate": 0.0, "keep": {}}
+# the identity keeps everything: one kept concept measured unchanged (an empty "keep" is
+# "not measured", which the preservation gate fails)
+metrics = {"target_rate_base": 1.0, "target_rate": 0.0,
+           "keep": {"kept": {"base": 1.0, "tuned": 1.0, "drop": 0.0, "images": 4}}}
 print(register_version(p, root, pkg, metrics, {"base_model": str(base), "method": "none"}, run_id=None)["aliases"])
 """
 

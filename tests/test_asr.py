@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import torch
 import pytest
 
 from trust.attacks.base import AttackResult, PromptOutcome
@@ -65,3 +66,33 @@ def test_frechet_distance_known_values():
     # Isotropic Gaussians N(0, 1) vs N(0, 4) in 1-D: (1 - 2)^2 = 1.
     b = np.array([[-1.0], [1.0]] * 50)
     assert frechet_distance(b, 2 * b) == pytest.approx(1.0 * np.var(b, ddof=1), rel=1e-6)
+
+
+class _Scripted(torch.nn.Module):
+    """A classifier whose labels are given per image in order (independent of the pixels), so the
+    detection rate is known by hand; it records the images it was shown."""
+
+    def __init__(self, labels: dict[str, list[str]]):
+        super().__init__()
+        self.labels, self.seen = labels, []
+        self.w = torch.nn.Parameter(torch.zeros(1))  # detection_rate moves images to its device
+
+    def predict(self, images):
+        self.seen.append(images)
+        return self.labels
+
+
+def test_detection_rate_counts_images_whose_every_wanted_head_matches(world_tokenizer):
+    from tiny_models import tiny_sd_parts
+    from trust.metrics.detection import detection_rate
+    from trust.sampling import generate
+
+    parts = tiny_sd_parts(world_tokenizer)
+    # 4 images; shape must be circle AND colour red: images 0 and 3 (image 1 has the wrong colour)
+    clf = _Scripted({"shape": ["circle", "circle", "square", "circle"], "colour": ["red", "blue", "red", "red"]})
+    prompts, seeds = ["a red circle", "a red square", "a red circle", "a blue circle"], [0, 1, 2, 3]
+    rate = detection_rate(parts, clf, prompts, seeds, {"shape": "circle", "colour": "red"}, steps=2, guidance=2.0)
+    assert rate == 0.5 and len(clf.seen) == 1
+    # it judged the images of exactly these prompts, seeds and sampling settings
+    assert torch.equal(clf.seen[0], generate(parts, prompts, seeds, steps=2, guidance=2.0))
+    assert detection_rate(parts, clf, ["a"] * 4, [0, 1, 2, 3], {"shape": "circle"}, steps=1, guidance=1.0) == 0.75

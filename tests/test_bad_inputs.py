@@ -176,7 +176,7 @@ def _register(project: Path, base: dict) -> None:
 
 
 @pytest.fixture
-def project(tmp_path, root, monkeypatch):
+def project(tmp_path, root, monkeypatch, empty_mlflow_db):
     """The shipped params.yaml, stand-in outputs of every stage and the world's tokenizer (prompt
     lengths are checked with it)."""
     from trust import tracking
@@ -192,6 +192,7 @@ def project(tmp_path, root, monkeypatch):
     shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
     return tmp_path

@@ -221,47 +221,31 @@ def test_failed_gate_leaves_production_where_it_was(project):
 
 
 def test_parameter_sweep_runs_as_dvc_experiments(project):
-    """`dvc exp run -S finetune.lr=...` reruns finetune and evaluate with the override and
-    records the params and metrics of each experiment; targeting `evaluate` registers nothing."""
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
-           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TRUST_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    versions = len(_client(project).search_model_versions("name='trust-world-circle'"))
-    for lr in ("0.002", "0.006"):
-        res = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "evaluate", "-S", f"finetune.lr={lr}",
-                              "-n", f"lr-{lr}"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-        assert "Running stage 'finetune'" in res.stdout and "Running stage 'register'" not in res.stdout
-    show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
-    import json
-
-    exps = {e["name"]: e for base in json.loads(show.stdout) for e in (base.get("experiments") or [])}
-    for lr in (0.002, 0.006):
-        data = exps[f"lr-{lr}"]["revs"][0]["data"]
-        assert data["params"]["params.yaml"]["data"]["finetune"]["lr"] == lr
-        assert "target_rate" in data["metrics"]["metrics/evaluate.json"]["data"]
-    assert len(_client(project).search_model_versions("name='trust-world-circle'")) == versions
-
-
-def test_queued_sweep_runs_in_temp_folders(project):
-    """The README's sweep form: `dvc exp run --queue` then `--run-all` runs each experiment in a
-    temp folder under .dvc/tmp/exps (where a relative site cache path broke every stage)."""
+    """Both sweep forms of the README: `dvc exp run evaluate -S finetune.lr=...` in the workspace,
+    and `--queue` then `--run-all`, which runs in a temp folder under .dvc/tmp/exps (where a
+    relative site cache path broke every stage). Each reruns finetune and evaluate with its
+    override and records its params and metrics; targeting `evaluate` registers nothing."""
     import json
 
     env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
            "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TRUST_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("DVC_SITE_CACHE_DIR", None)
+    versions = len(_client(project).search_model_versions("name='trust-world-circle'"))
     dvc = [sys.executable, "-m", "dvc", "exp", "run"]
-    for cmd in (dvc + ["evaluate", "--queue", "-n", "queued-lr", "-S", "finetune.lr=0.003"], dvc + ["--run-all"]):
+    res = subprocess.run(dvc + ["evaluate", "-S", "finetune.lr=0.002", "-n", "lr-0.002"], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert "Running stage 'finetune'" in res.stdout and "Running stage 'register'" not in res.stdout
+    for cmd in (dvc + ["evaluate", "--queue", "-n", "lr-0.006", "-S", "finetune.lr=0.006"], dvc + ["--run-all"]):
         res = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=120, check=True)
-    exp = next(e for base in json.loads(show.stdout) for e in (base.get("experiments") or [])
-               if e["name"] == "queued-lr")
-    rev = exp["revs"][0]
-    assert not rev.get("error"), rev.get("error")
-    assert rev["data"]["params"]["params.yaml"]["data"]["finetune"]["lr"] == 0.003
-    assert "target_rate" in rev["data"]["metrics"]["metrics/evaluate.json"]["data"]
+    exps = {e["name"]: e for base in json.loads(show.stdout) for e in (base.get("experiments") or [])}
+    for lr in (0.002, 0.006):
+        rev = exps[f"lr-{lr}"]["revs"][0]
+        assert not rev.get("error"), rev.get("error")
+        assert rev["data"]["params"]["params.yaml"]["data"]["finetune"]["lr"] == lr
+        assert "target_rate" in rev["data"]["metrics"]["metrics/evaluate.json"]["data"]
+    assert len(_client(project).search_model_versions("name='trust-world-circle'")) == versions

@@ -38,6 +38,35 @@ def test_lineage_chain(store, base):
     assert MlflowClient().get_run(parent_id).info.status == "FINISHED"
 
 
+def test_lineage_rows_are_the_runs_the_tracking_store_holds(store, base):
+    """Each row of the lineage is what MLflow itself reports for that run (ids, names, status,
+    stage, recorded DVC stage hash), and its times are the real ones (UTC, within the test)."""
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=1)
+    with tracking.flow_run("unlearn", params(), store) as parent:
+        with tracking.stage_run("finetune", {"lr": 0.003}, store, base_fingerprint=base["fingerprint"]) as ft:
+            MlflowClient().set_tag(ft.run_id, "dvc.stage_hash", "abc123")
+        with tracking.stage_run("register", {"model_name": NAME}, store) as run:
+            registry.register_version(params(), store, make_package(store / "pkg", base), GOOD, lineage_of(base),
+                                      run_id=run.run_id)
+    t1 = datetime.now(timezone.utc) + timedelta(seconds=1)
+    d = lineage(f"{NAME}/1")
+    client = MlflowClient()
+    for row, run_id in zip(d["stage_runs"], (ft.run_id, run.run_id)):
+        real = client.get_run(run_id)
+        assert (row["run_id"], row["name"], row["status"]) == (run_id, real.info.run_name, "FINISHED")
+        assert t0 <= datetime.fromisoformat(row["start"]) <= t1
+    assert d["stage_runs"][0]["dvc_stage_hash"] == "abc123" and d["stage_runs"][1]["dvc_stage_hash"] is None
+    assert d["run"] == d["stage_runs"][1]
+    p = client.get_run(parent.info.run_id)
+    assert d["parent_run"] == {"run_id": p.info.run_id, "name": p.info.run_name, "status": "FINISHED",
+                               "prefect_flow_run_id": None}
+    created = datetime.fromisoformat(d["version"]["created"])
+    assert t0 <= created <= t1 and created.tzinfo is not None
+    assert d["method"] == lineage_of(base)["method"]
+
+
 def test_verify_detects_modified_and_missing(store, base):
     result, _ = register_in_flow(store, base)
     assert {r["status"] for r in verify(f"{NAME}/1")} == {"ok"}
@@ -135,3 +164,53 @@ def test_registering_again_repairs_a_tampered_content_addressed_copy(store, base
     registry.register_version(params(), store, make_package(store / "pkg2", base), GOOD, lineage_of(base), None)
     assert {r["status"] for r in verify(f"{NAME}/2")} == {"ok"}
     assert {r["status"] for r in verify(f"{NAME}/1")} == {"ok"}  # same bytes, same folder: repaired for both
+
+
+def test_registering_again_restores_a_deleted_manifest(store, base):
+    """A content-addressed copy whose manifest was deleted (its files intact, so its package hash
+    still matches) is re-stored too, not reused without a manifest."""
+    register_in_flow(store, base)
+    folder = registry.source_folder(registry.resolve(f"{NAME}/1"))
+    (folder / registry.MANIFEST).unlink()
+    registry.register_version(params(), store, make_package(store / "pkg2", base), GOOD, lineage_of(base), None)
+    assert (folder / registry.MANIFEST).is_file()
+    assert {r["status"] for r in registry.check_files(folder)} == {"ok"}
+
+
+def test_lineage_of_a_version_without_a_run_and_of_one_whose_run_is_gone(store, base, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    registry.register_version(params(), store, make_package(store / "pkg0", base), GOOD, lineage_of(base), None)
+    d = lineage(f"{NAME}/1")
+    assert (d["run"], d["parent_run"], d["stage_runs"], d["params"]) == (None, None, [], {})
+    # the version's tags are the registry's own record, whole
+    assert d["version"]["tags"] == MlflowClient().get_model_version(NAME, "1").tags and d["version"]["tags"]
+
+    result, _ = register_in_flow(store, base)
+    run_id = MlflowClient().get_model_version(NAME, str(result["version"])).run_id
+
+    def gone(self, rid):
+        raise MlflowException(f"Run '{rid}' not found")  # what a pruned store (`mlflow gc`) answers
+
+    monkeypatch.setattr(MlflowClient, "get_run", gone)
+    d = lineage(f"{NAME}/{result['version']}")
+    assert d["run"]["run_id"] == run_id and "not found" in d["run"]["error"]
+    assert (d["parent_run"], d["stage_runs"], d["params"]) == (None, [], {})
+
+
+def test_a_deleted_manifest_and_a_version_registered_before_file_hashes_were_tagged(store, base):
+    register_in_flow(store, base)
+    folder = registry.source_folder(registry.resolve(f"{NAME}/1"))
+    manifest = folder / registry.MANIFEST
+    kept = manifest.read_bytes()
+    manifest.unlink()
+    rows = {r["path"]: r["status"] for r in verify(f"{NAME}/1")}
+    assert rows == {"delta.safetensors": "ok", "pipeline.json": "ok", "model_card.md": "ok", "manifest.json": "missing"}
+    manifest.write_bytes(kept)
+    # an older version: no per-file tag, so its files are checked against its manifest, its whole
+    # package against the package hash tag
+    MlflowClient().delete_model_version_tag(NAME, "1", registry.FILES_TAG)
+    assert {r["status"] for r in verify(f"{NAME}/1")} == {"ok"}
+    _tamper(folder, rewrite_manifest=False)
+    rows = {r["path"]: r["status"] for r in verify(f"{NAME}/1")}
+    assert rows["delta.safetensors"] == "modified" and rows["(package)"] == "modified"

@@ -56,6 +56,29 @@ def test_check_runs_every_k_steps_and_at_the_end_and_can_stop(tiny):
     assert stop_at == [3] and result.steps_run == 3 and result.stopped
 
 
+def test_the_times_it_records_are_the_times_spent(tiny):
+    """train_s is the steps' own time, materialise_s the weights' materialisation (a planted 50 ms
+    sleep each time), wall_s the whole call; none of them is another's or a clock reading."""
+    import time
+
+    data = ForgetData.build(tiny, ROWS, references=4, seed=0)
+    ft = FinetuneParams(preserve_weight=0.0).updated(method="full", batch_size=2, lr=1e-4)
+    for check in (None, lambda done, so_far: None):
+        method = build_method(_fresh(tiny), data, ft, LocalizeParams())
+        real = method.materialise if check else method.finish
+
+        def slow(*a, _real=real):
+            time.sleep(0.05)
+            return _real(*a)
+
+        setattr(method, "materialise" if check else "finish", slow)
+        t0 = time.perf_counter()
+        r = train(method, 3, check=check, check_every=3)
+        elapsed = time.perf_counter() - t0
+        assert 0.05 <= r.materialise_s < r.wall_s <= elapsed
+        assert r.train_s == pytest.approx(sum(r.step_s)) and 0 < r.train_s < r.wall_s - 0.05
+
+
 def test_finish_fuses_ant_fusion_into_the_unet(tiny):
     """Through the loop, ANT+fusion's weights reach parts.unet at the end (finish), not before."""
     p = _fresh(tiny)

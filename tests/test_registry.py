@@ -34,7 +34,8 @@ def base(tmp_path_factory, world_tokenizer):
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, empty_mlflow_db):
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
@@ -212,11 +213,17 @@ def test_load_registered_clear_errors(store, base):
     card = Path(registry.resolve(f"{NAME}/2").source) / "model_card.md"
     card.chmod(0o644)
     card.write_text("edited")
-    with pytest.raises(registry.RegistryError, match="model_card.md \\(modified\\)"):
+    with pytest.raises(registry.RegistryError, match=f"{NAME}/2 \\(v2\\): .*model_card.md \\(modified\\).*; refusing to load it"):
         registry.load_registered(f"{NAME}/2")
     shutil.rmtree(r["source"])
     with pytest.raises(registry.RegistryError, match="package folder .* does not exist"):
         registry.load_registered(f"{NAME}/1")
+    # a package whose pipeline.json records no base model at all
+    pkg = make_package(store / "p3", base)
+    (pkg / "pipeline.json").write_text(json.dumps({"base_fingerprint": base["fingerprint"], "method": "trust"}))
+    registry.register_version(params(), store, pkg, GOOD, lineage_of(base), None)
+    with pytest.raises(registry.RegistryError, match=f"{NAME}/3 \\(v3\\): base model None recorded in"):
+        registry.load_registered(f"{NAME}/3")
 
 
 def test_model_card(tmp_path, base):

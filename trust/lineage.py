@@ -76,6 +76,7 @@ def verify(ref: str) -> list[dict]:
 
 
 def format_lineage(d: dict) -> str:
+    # pragma: no mutate block (text layout only; `make mutate` leaves it out, see README)
     v = d["version"]
     lines = [f"model {v['name']} version {v['version']}  aliases: {', '.join(v['aliases']) or 'none'}",
              f"  created {v['created']}", f"  package {v['source']}",
