@@ -62,15 +62,23 @@ def shipped_classifier(shipped_params):
 
 
 @pytest.fixture(scope="session")
-def empty_mlflow_db(tmp_path_factory) -> Path:
-    """An MLflow sqlite store with its tables created, made once: each test copies it rather than
-    paying MLflow's table creation and migrations (seconds) for a store of its own."""
+def empty_mlflow_db() -> Path:
+    """An MLflow sqlite store with its tables created, made once per MLflow version and kept in the
+    temp folder: each test copies it rather than paying MLflow's table creation and migrations
+    (seconds) for a store of its own; mutmut's workers, each a new pytest session, reuse it too."""
+    import os
     import subprocess
     import sys
+    import tempfile
 
-    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    # in a child process, so this session's MLflow holds no engine on the file being copied
-    subprocess.run([sys.executable, "-c", "import sys, mlflow; mlflow.set_tracking_uri('sqlite:///' + sys.argv[1]); "
-                    "mlflow.MlflowClient().search_experiments()", str(db)], check=True, capture_output=True,
-                   env={**__import__("os").environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    import mlflow
+
+    db = Path(tempfile.gettempdir()) / f"trust-tests-mlflow-{mlflow.__version__}.db"
+    if not db.is_file():
+        part = db.with_name(f"{db.name}.{os.getpid()}.part")
+        # in a child process, so this session's MLflow holds no engine on the file being copied
+        subprocess.run([sys.executable, "-c", "import sys, mlflow; mlflow.set_tracking_uri('sqlite:///' + sys.argv[1]); "
+                        "mlflow.MlflowClient().search_experiments()", str(part)], check=True, capture_output=True,
+                       env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        os.replace(part, db)  # whole or not at all: a concurrent session sees no half-made store
     return db
