@@ -96,3 +96,7 @@ def test_detection_rate_counts_images_whose_every_wanted_head_matches(world_toke
     # it judged the images of exactly these prompts, seeds and sampling settings
     assert torch.equal(clf.seen[0], generate(parts, prompts, seeds, steps=2, guidance=2.0))
     assert detection_rate(parts, clf, ["a"] * 4, [0, 1, 2, 3], {"shape": "circle"}, steps=1, guidance=1.0) == 0.75
+    # the images go to the classifier's device (a classifier on another device than the model)
+    clf.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
+    detection_rate(parts, clf, ["a"] * 4, [0, 1, 2, 3], {"shape": "circle"}, steps=1, guidance=1.0)
+    assert clf.seen[-1].device == torch.device("meta")

@@ -194,8 +194,30 @@ def test_lineage_of_a_version_without_a_run_and_of_one_whose_run_is_gone(store, 
 
     monkeypatch.setattr(MlflowClient, "get_run", gone)
     d = lineage(f"{NAME}/{result['version']}")
-    assert d["run"]["run_id"] == run_id and "not found" in d["run"]["error"]
+    assert d["run"] == {"run_id": run_id, "error": "run not found in the tracking store"}
     assert (d["parent_run"], d["stage_runs"], d["params"]) == (None, [], {})
+
+
+def test_lineage_when_the_flow_run_is_gone_and_from_prefect(store, base, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from trust.lineage import _when
+
+    assert _when(None) is None and _when(1_700_000_000_000) == "2023-11-14T22:13:20+00:00"
+    result, parent_id = register_in_flow(store, base)
+    MlflowClient().set_tag(parent_id, "prefect.flow_run_id", "f-123")
+    assert lineage(f"{NAME}/1")["parent_run"]["prefect_flow_run_id"] == "f-123"
+    real = MlflowClient.get_run
+
+    def parent_gone(self, rid):
+        if rid == parent_id:
+            raise MlflowException(f"Run '{rid}' not found")
+        return real(self, rid)
+
+    monkeypatch.setattr(MlflowClient, "get_run", parent_gone)
+    d = lineage(f"{NAME}/1")
+    assert d["parent_run"] == {"run_id": parent_id, "error": "parent run not found"}
+    assert [s["stage"] for s in d["stage_runs"]] == ["finetune", "register"]  # the siblings still found by tag
 
 
 def test_a_deleted_manifest_and_a_version_registered_before_file_hashes_were_tagged(store, base):
@@ -206,11 +228,30 @@ def test_a_deleted_manifest_and_a_version_registered_before_file_hashes_were_tag
     manifest.unlink()
     rows = {r["path"]: r["status"] for r in verify(f"{NAME}/1")}
     assert rows == {"delta.safetensors": "ok", "pipeline.json": "ok", "model_card.md": "ok", "manifest.json": "missing"}
+    assert verify(f"{NAME}/1")[-1] == {"path": "manifest.json", "expected": None, "actual": None, "status": "missing"}
+    manifest.write_text("not json")  # unreadable: rewritten, with the hash of what is there now
+    assert verify(f"{NAME}/1")[-1] == {"path": "manifest.json", "expected": None,
+                                       "actual": registry.sha256_file(manifest), "status": "rewritten"}
     manifest.write_bytes(kept)
     # an older version: no per-file tag, so its files are checked against its manifest, its whole
     # package against the package hash tag
+    registered = lineage(f"{NAME}/1")["files"]
+    # the lineage lists the files the registry recorded, not what a rewritten manifest says
+    manifest.chmod(0o644)
+    manifest.write_text("{}")
+    assert lineage(f"{NAME}/1")["files"] == registered and len(registered) == 3
+    manifest.write_bytes(kept)
     MlflowClient().delete_model_version_tag(NAME, "1", registry.FILES_TAG)
     assert {r["status"] for r in verify(f"{NAME}/1")} == {"ok"}
+    assert lineage(f"{NAME}/1")["files"] == registered  # no tag: the manifest's record
     _tamper(folder, rewrite_manifest=False)
     rows = {r["path"]: r["status"] for r in verify(f"{NAME}/1")}
     assert rows["delta.safetensors"] == "modified" and rows["(package)"] == "modified"
+    manifest.unlink()
+    assert lineage(f"{NAME}/1")["files"] == {}  # neither a tag nor a manifest: nothing recorded
+    # a version with no package hash tag at all says so, with the hash the package has now
+    manifest.write_bytes(kept)
+    MlflowClient().delete_model_version_tag(NAME, "1", registry.HASH_TAG)
+    rows = registry.check_version(registry.resolve(f"{NAME}/1"))
+    assert rows[-1] == {"path": "(package)", "expected": None, "actual": registry.package_hash(folder),
+                        "status": "unrecorded (the version has no package_sha256 tag)"}

@@ -265,3 +265,13 @@ def test_ant_fusion_writes_only_on_finish_and_resumes_exactly(shipped_world, wor
     c.finish()
     for k, v in parts_c.unet.state_dict().items():
         assert torch.equal(v, after[k]), k
+
+
+def test_negative_guidance_target_points_away_from_the_concept():
+    """ESD's target eps_u - eta (eps_c - eps_u), by hand: uncond 1, cond 3, eta 2 -> 1 - 2 * 2 = -3
+    (the conditional direction reversed), and eta 0 is the unconditional prediction itself."""
+    from trust.methods.losses import negative_guidance_target
+
+    u, c = torch.full((2,), 1.0), torch.full((2,), 3.0)
+    assert torch.equal(negative_guidance_target(u, c, 2.0), torch.full((2,), -3.0))
+    assert torch.equal(negative_guidance_target(u, c, 0.0), u)

@@ -204,6 +204,17 @@ def test_load_registered_reproduces_tuned_unet(store, base):
     assert all(torch.equal(state[k], base["tuned"][k]) for k in state)
 
 
+def test_load_registered_loads_the_base_on_the_device_asked_for(store, base, monkeypatch):
+    import trust.models
+
+    registry.register_version(params(), store, make_package(store / "p", base), GOOD, lineage_of(base), None)
+    real, asked = trust.models.load_model, []
+    monkeypatch.setattr(trust.models, "load_model", lambda path, device="cpu": asked.append((Path(path), device))
+                        or real(path, device="cpu"))
+    registry.load_registered(f"{NAME}@production", device="cuda:3")
+    assert asked == [(Path(base["dir"]), "cuda:3")]
+
+
 def test_load_registered_clear_errors(store, base):
     r = registry.register_version(params(), store, make_package(store / "p1", base, base_model=str(store / "gone")),
                                   GOOD, lineage_of(base), None)
