@@ -229,6 +229,8 @@ def test_a_deleted_manifest_and_a_version_registered_before_file_hashes_were_tag
     rows = {r["path"]: r["status"] for r in verify(f"{NAME}/1")}
     assert rows == {"delta.safetensors": "ok", "pipeline.json": "ok", "model_card.md": "ok", "manifest.json": "missing"}
     assert verify(f"{NAME}/1")[-1] == {"path": "manifest.json", "expected": None, "actual": None, "status": "missing"}
+    for r in verify(f"{NAME}/1")[:-1]:  # each file row carries the hash found on disk and the registered one
+        assert r["actual"] == r["expected"] == registry.sha256_file(folder / r["path"])
     manifest.write_text("not json")  # unreadable: rewritten, with the hash of what is there now
     assert verify(f"{NAME}/1")[-1] == {"path": "manifest.json", "expected": None,
                                        "actual": registry.sha256_file(manifest), "status": "rewritten"}

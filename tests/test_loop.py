@@ -125,3 +125,29 @@ def test_a_diverging_run_stops_at_its_first_non_finite_loss_and_no_delta_is_writ
     with pytest.raises(NonFiniteError, match=r"inf or NaN .* was not written"):
         save_delta(before, p.unet.state_dict(), tmp_path / "delta.safetensors", {})
     assert not (tmp_path / "delta.safetensors").exists()
+
+
+def test_a_resumed_call_runs_only_the_remaining_steps_and_keeps_the_history(tiny, capsys):
+    data = ForgetData.build(tiny, ROWS, references=4, seed=0)
+    ft = FinetuneParams(preserve_weight=0.0).updated(method="full", batch_size=2, lr=1e-4)
+    method = build_method(_fresh(tiny), data, ft, LocalizeParams())
+    real, ran = method.step, []
+    method.step = lambda i: ran.append(i) or real(i)
+    earlier = [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
+    r = train(method, 4, start=2, history=earlier)
+    assert ran == [2, 3] and r.steps_run == 4 and r.history[:2] == earlier and [h["step"] for h in r.history] == [1, 2, 3, 4]
+    assert earlier == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]  # the caller's list is not changed
+    r = train(method, 4, start=4, history=r.history)  # nothing left to run
+    assert r.steps_run == 4 and len(ran) == 2
+    assert capsys.readouterr().err == ""  # no progress bar unless asked for
+
+
+def test_sync_waits_for_cuda_only(monkeypatch):
+    from trust.methods import loop
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append(a))
+    loop._sync(torch.device("cpu"))
+    assert calls == []
+    loop._sync(torch.device("cuda", 0))
+    assert len(calls) == 1

@@ -259,3 +259,130 @@ def test_model_card_names_the_sd_detector(tmp_path, base):
     assert "detected by nudenet (threshold 0.6)" in text
     assert "| max_preservation_drop | - (not measured: no kept concepts" in text and "| **not measured** |" in text
     assert "Overall: **failed**" in text
+
+
+def test_parse_ref_forms():
+    assert registry.parse_ref("m-1@Prod_2") == ("m-1", "alias", "Prod_2")  # aliases may use capitals
+    assert registry.parse_ref("m/12") == ("m", "version", "12")
+    for bad in ("m", "m@", "m/x", "m/1/2", "a b@prod"):
+        with pytest.raises(registry.RegistryError, match="is not a model reference"):
+            registry.parse_ref(bad)
+
+
+def test_resolve_errors_list_what_exists(store, base):
+    registry.register_version(params(), store, make_package(store / "p", base), GOOD, lineage_of(base), None)
+    other = Params.model_validate({"register": {"model_name": "other-model"}})
+    registry.register_version(other, store, make_package(store / "q", base, note="q"), GOOD, lineage_of(base), None)
+    registry.register_version(other, store, make_package(store / "r", base, note="r"), GOOD, lineage_of(base), None)
+    with pytest.raises(registry.RegistryError, match=r"has no alias 'prod'; its aliases: candidate -> v1, production -> v1$"):
+        registry.resolve(f"{NAME}@prod")
+    # only this model's versions (the other model has versions 1 and 2)
+    with pytest.raises(registry.RegistryError, match=r"has no version 7; its versions: \[1\]$"):
+        registry.resolve(f"{NAME}/7")
+    mlflow.MlflowClient().delete_registered_model_alias(NAME, "candidate")
+    mlflow.MlflowClient().delete_registered_model_alias(NAME, "production")
+    with pytest.raises(registry.RegistryError, match=r"its aliases: none$"):
+        registry.resolve(f"{NAME}@production")
+
+
+def test_source_folder_reads_paths_and_file_uris_and_refuses_remote_ones():
+    from types import SimpleNamespace as V
+
+    assert registry.source_folder(V(source="/data/pkgs/a", name="m", version="1")) == Path("/data/pkgs/a")
+    assert registry.source_folder(V(source="file:///data/my%20pkgs/a", name="m", version="1")) == Path("/data/my pkgs/a")
+    with pytest.raises(registry.RegistryError, match="m/2: source s3://b/a is not a local folder"):
+        registry.source_folder(V(source="s3://b/a", name="m", version="2"))
+
+
+def test_hashes_are_sha256_of_the_bytes_and_the_package_format_is_stable(tmp_path):
+    """Against hashlib by hand: a file over several read chunks, an empty file, and the package
+    hash's documented format (sorted relative path, NUL, bytes, NUL; manifest left out), so a
+    version registered by an earlier trust still verifies."""
+    import hashlib
+
+    big = bytes(range(256)) * (3 * 4096 + 17)  # ~3 MB: more than one 1 MiB chunk
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "big.bin").write_bytes(big)
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "manifest.json").write_text("{}")
+    assert registry.sha256_file(tmp_path / "sub" / "big.bin") == hashlib.sha256(big).hexdigest()
+    assert registry.sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+    want = hashlib.sha256(b"empty\0" + b"\0" + b"sub/big.bin\0" + big + b"\0").hexdigest()
+    assert registry.package_hash(tmp_path) == want
+    assert registry.file_hashes(tmp_path) == {"empty": hashlib.sha256(b"").hexdigest(),
+                                              "sub/big.bin": hashlib.sha256(big).hexdigest()}
+
+
+def test_store_replaces_a_leftover_partial_copy_and_makes_files_read_only(tmp_path, base):
+    import stat
+
+    pkg = make_package(tmp_path / "pkg", base)
+    dest = tmp_path / "registry" / "abc"
+    leftover = dest.with_name(f".{dest.name}.partial")  # what a registration killed mid-copy leaves
+    leftover.mkdir(parents=True)
+    (leftover / "junk.bin").write_bytes(b"x")
+    registry._store(pkg, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["delta.safetensors", "manifest.json", "model_card.md",
+                                                      "pipeline.json"]
+    assert not leftover.exists()
+    assert {stat.S_IMODE(p.stat().st_mode) for p in dest.iterdir()} == {0o444}
+    assert registry.check_files(dest) and {r["status"] for r in registry.check_files(dest)} == {"ok"}
+
+
+def test_a_package_without_its_delta_or_pipeline_is_refused(store, base):
+    pkg = make_package(store / "p", base)
+    (pkg / "pipeline.json").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks pipeline.json"):
+        registry.register_version(params(), store, pkg, GOOD, lineage_of(base), None)
+    (pkg / "delta.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks delta.safetensors, pipeline.json"):
+        registry.register_version(params(), store, pkg, GOOD, lineage_of(base), None)
+
+
+def test_gate_tags_record_each_value_and_verdict(store, base):
+    registry.register_version(params(), store, make_package(store / "p", base), BAD, lineage_of(base), None)
+    tags = mlflow.MlflowClient().get_model_version(NAME, "1").tags
+    assert tags["gate.max_target_rate.value"] == "0.5" and tags["gate.max_target_rate.limit"] == "0.1"
+    assert tags["gate.max_target_rate.passed"] == "false" and tags["gate.max_preservation_drop.passed"] == "true"
+    assert tags["gates.passed"] == "false" and tags["lineage.method"] == "trust"
+
+
+def test_descriptions_say_what_was_erased_and_the_verdict(store, base):
+    registry.register_version(params(), store, make_package(store / "p", base), BAD, lineage_of(base), None)
+    registry.register_version(params(), store, make_package(store / "q", base, note="q"), GOOD, lineage_of(base), None)
+    c = mlflow.MlflowClient()
+    concept = params().concept.name
+    assert c.get_registered_model(NAME).description == f"trust erasure of '{concept}'"
+    assert c.get_model_version(NAME, "1").description == f"erases '{concept}'; gates failed: max_target_rate"
+    assert c.get_model_version(NAME, "2").description == f"erases '{concept}'; gates passed"
+    two_failed = {**BAD, "keep": {"square": {"base": 0.8, "tuned": 0.1, "drop": 0.7}}}
+    registry.register_version(params(), store, make_package(store / "r", base, note="r"), two_failed, lineage_of(base), None)
+    assert c.get_model_version(NAME, "3").description.endswith("gates failed: max_target_rate, max_preservation_drop")
+    assert " " not in c.get_model_version(NAME, "3").tags[registry.FILES_TAG]  # compact: more files fit one tag
+
+
+def test_file_hashes_fill_one_tag_up_to_exactly_its_limit(store, base):
+    """Per-file hashes are one tag: a package whose record is exactly MAX_TAG_CHARS long registers,
+    one character more is refused."""
+    from trust.registry import MAX_TAG_CHARS
+
+    def package(folder, extra: int):
+        pkg = make_package(folder, base)
+        length = len(json.dumps(registry.file_hashes(pkg), separators=(",", ":")))
+        i = 0
+        while MAX_TAG_CHARS + extra - length > 0:  # each file adds ,"NAME":"<64 hex>" = len(NAME) + 70
+            room = MAX_TAG_CHARS + extra - length - 70
+            name = f"f{i:03d}" + "x" * max(0, min(room - 4, 60)) if room >= 4 else None
+            if name is None:  # too little room for a new file: lengthen the last one instead
+                last = sorted(pkg.glob("f*"))[-1]
+                last.rename(last.with_name(last.name + "y" * (MAX_TAG_CHARS + extra - length)))
+            else:
+                (pkg / name).write_bytes(b"%d" % i)
+            i += 1
+            length = len(json.dumps(registry.file_hashes(pkg), separators=(",", ":")))
+        assert length == MAX_TAG_CHARS + extra
+        return pkg
+
+    registry.register_version(params(), store, package(store / "fits", 0), GOOD, lineage_of(base), None)
+    with pytest.raises(registry.RegistryError, match="too many files"):
+        registry.register_version(params(), store, package(store / "over", 1), GOOD, lineage_of(base), None)
