@@ -47,16 +47,22 @@ def module_of(mutant: str) -> str:
     return re.split(r"\.x(?:_|ǁ)", mutant, maxsplit=1)[0]
 
 
-def score(statuses: dict[str, str], equivalent: dict[str, str]) -> dict:
+def score(statuses: dict[str, str], equivalent: dict[str, str], partial: bool = False) -> dict:
+    """`partial`: score the mutants checked so far (an interrupted run); such a score never
+    passes the bar, and the unchecked ones are counted per module."""
     if not statuses:
         raise SystemExit("no mutmut results: run `make mutate` (or `mutmut run`) first")
     unchecked = sorted(n for n, s in statuses.items() if s == "not checked")
-    if unchecked:
-        raise SystemExit(f"{len(unchecked)} mutants were not checked (an interrupted run?): rerun `make mutate`")
+    if unchecked and not partial:
+        raise SystemExit(f"{len(unchecked)} mutants were not checked (an interrupted run?): rerun `make mutate`, "
+                         "or score what was checked with --partial")
     per: dict[str, Counter] = defaultdict(Counter)
     survivors, stale = [], []
     for name, status in sorted(statuses.items()):
         mod = module_of(name)
+        if status == "not checked":
+            per[mod]["not checked"] += 1
+            continue
         per[mod]["mutants"] += 1
         if status in KILLED:
             per[mod]["killed"] += 1
@@ -76,7 +82,8 @@ def score(statuses: dict[str, str], equivalent: dict[str, str]) -> dict:
         n = c["mutants"] - c["equivalent"] - c["skipped"]
         return c["killed"] / n if n else 1.0
 
-    return {"score": ratio(total), "bar": BAR, "passed": ratio(total) >= BAR, "totals": dict(total),
+    return {"score": ratio(total), "bar": BAR, "passed": ratio(total) >= BAR and not unchecked,
+            "partial": bool(unchecked), "totals": dict(total),
             "modules": {m: {**dict(c), "score": ratio(c)} for m, c in sorted(per.items())},
             "survivors": survivors, "equivalent": {n: equivalent[n] for n in sorted(equivalent) if n in statuses},
             "stale_equivalents": stale}
@@ -88,13 +95,19 @@ def markdown(r: dict) -> str:
              f"**{100 * r['score']:.1f}%** killed of the non-equivalent mutants (bar {100 * r['bar']:.0f}%: "
              f"{'met' if r['passed'] else 'NOT met'}): {t.get('killed', 0)} killed, {t.get('survived', 0)} survived, "
              f"{t.get('no tests', 0)} reached by no selected test, {t.get('equivalent', 0)} equivalent, of "
-             f"{t['mutants']} mutants.", "",
+             f"{t.get('mutants', 0)} mutants checked.", ""]
+    if r.get("partial"):
+        lines += [f"**Partial run**: {t.get('not checked', 0)} mutants were not checked (per module below); "
+                  "the score is of the checked ones and does not count as meeting the bar.", ""]
+    lines += [
              "Scope, tests and exclusions: `[tool.mutmut]` in pyproject.toml; equivalent mutants and why: "
              "bench/mutation_equivalent.toml.", "",
-             "| module | mutants | killed | survived | no tests | equivalent | score |", "|---|---|---|---|---|---|---|"]
+             "| module | mutants checked | killed | survived | no tests | equivalent | score | not checked |",
+             "|---|---|---|---|---|---|---|---|"]
     for m, c in r["modules"].items():
-        lines.append(f"| {m} | {c['mutants']} | {c.get('killed', 0)} | {c.get('survived', 0)} | {c.get('no tests', 0)} "
-                     f"| {c.get('equivalent', 0)} | {100 * c['score']:.1f}% |")
+        score = f"{100 * c['score']:.1f}%" if c.get("mutants") else "-"
+        lines.append(f"| {m} | {c.get('mutants', 0)} | {c.get('killed', 0)} | {c.get('survived', 0)} | {c.get('no tests', 0)} "
+                     f"| {c.get('equivalent', 0)} | {score} | {c.get('not checked', 0)} |")
     lines += ["", "## Survivors (not killed, not listed as equivalent)", ""]
     lines += [f"- `{s['mutant']}`: {s['status']} (`mutmut show {s['mutant']}`)" for s in r["survivors"]] or ["none"]
     if r["stale_equivalents"]:
@@ -105,6 +118,7 @@ def markdown(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, help="a saved `mutmut results --all true` output (default: ask mutmut)")
+    ap.add_argument("--partial", action="store_true", help="score an interrupted run's checked mutants (never passes)")
     args = ap.parse_args(argv)
     if args.results:
         text = args.results.read_text()
@@ -113,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         text = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout
     equivalent = tomllib.loads(EQUIVALENT.read_text()).get("equivalent", {}) if EQUIVALENT.is_file() else {}
-    r = score(read_results(text), equivalent)
+    r = score(read_results(text), equivalent, partial=args.partial)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mutation.json").write_text(json.dumps(r, indent=1) + "\n")
     (RESULTS / "mutation.md").write_text(markdown(r))

@@ -32,3 +32,11 @@ def test_an_interrupted_run_is_not_scored(bench_script):
     m = bench_script("mutation")
     with pytest.raises(SystemExit, match="not checked"):
         m.score(m.read_results("    trust.delta.x_f__mutmut_1: killed\n    trust.delta.x_f__mutmut_2: not checked\n"), {})
+
+
+def test_a_partial_score_is_of_the_checked_mutants_and_never_passes(bench_script):
+    m = bench_script("mutation")
+    text = "    trust.delta.x_f__mutmut_1: killed\n    trust.delta.x_f__mutmut_2: not checked\n"
+    r = m.score(m.read_results(text), {}, partial=True)
+    assert r["score"] == 1.0 and r["partial"] and not r["passed"]
+    assert r["modules"]["trust.delta"]["not checked"] == 1 and "Partial run" in m.markdown(r)
