@@ -151,3 +151,25 @@ def test_sync_waits_for_cuda_only(monkeypatch):
     assert calls == []
     loop._sync(torch.device("cuda", 0))
     assert len(calls) == 1
+
+
+def test_checkpoints_budget_and_progress(tiny, capsys):
+    """Checkpoints every k steps before the last (with the history so far), a time budget that ends
+    training after the current step (but not when that step was the last), and a progress bar
+    that counts a resumed run from where it starts."""
+    data = ForgetData.build(tiny, ROWS, references=4, seed=0)
+    ft = FinetuneParams(preserve_weight=0.0).updated(method="full", batch_size=2, lr=1e-4)
+    saved, seen = [], []
+    r = train(build_method(_fresh(tiny), data, ft, LocalizeParams()), 9, checkpoint_every=3,
+              checkpoint=lambda done, hist: saved.append((done, [h["step"] for h in hist])),
+              check=lambda done, so_far: seen.append((done, so_far.steps_run)), check_every=100)
+    # at 3 and 6, not at 9: the last step writes the result, not a checkpoint
+    assert saved == [(3, [1, 2, 3]), (6, [1, 2, 3, 4, 5, 6])] and seen == [(9, 9)]
+    r = train(build_method(_fresh(tiny), data, ft, LocalizeParams()), 5, max_seconds=0.0)
+    assert r.steps_run == 1 and r.out_of_time
+    r = train(build_method(_fresh(tiny), data, ft, LocalizeParams()), 1, max_seconds=0.0)
+    assert r.steps_run == 1 and not r.out_of_time  # the last step ran: nothing was cut short
+    capsys.readouterr()
+    train(build_method(_fresh(tiny), data, ft, LocalizeParams()), 4, start=1, progress=True)
+    err = capsys.readouterr().err
+    assert "finetune (full)" in err and "4/4" in err
