@@ -79,8 +79,9 @@ def run(params: Params, root: Path) -> dict:
         run_.log_metrics({"version": float(result["version"]), "gates_passed": float(result["passed"])})
         run_.log_artifact(root / paths.REGISTER_DIR / "model_card.md")
     if not result["passed"]:
-        failed = [f"{k} (value {v['value']:.3f}, limit {v['limit']}" + (f": {v['note']})" if v.get("note") else ")")
-                  for k, v in result["gates"].items() if isinstance(v, dict) and not v["passed"]]
+        gates = result["gates"]  # result["failed_gates"]: registry.failed_gates, the one filter of failed gates
+        failed = [f"{k} (value {gates[k]['value']:.3f}, limit {gates[k]['limit']}"
+                  + (f": {gates[k]['note']})" if gates[k].get("note") else ")") for k in result["failed_gates"]]
         raise GateFailed(f"{params.registry.model_name} v{result['version']} registered as candidate only; "
                          f"failed gate(s): {', '.join(failed)}; production unchanged")
     return result
