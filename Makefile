@@ -40,8 +40,13 @@ run: env dvc-local
 	$(BIN)/trust params check
 	$(BIN)/trust run
 
+# Two pytest workers (pytest-xdist), one per core; each test file runs whole on one worker, in file
+# order (the end-to-end files share one scratch project across their tests). Every test process
+# uses one torch thread (tests/conftest.py, TRUST_NUM_THREADS=1 for the stages), so two workers
+# do not oversubscribe the cores. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: env dvc-local
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # Mutation testing (issue 18): mutmut over the modules of `[tool.mutmut]` (pyproject.toml), each
 # mutant checked by the selected tests that reach it, then the score (bench/mutation.py ->

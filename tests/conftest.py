@@ -2,6 +2,10 @@ import os
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One thread per process, for the stages the tests start as subprocesses too: `make test` runs two
+# workers on two cores, and oversubscribed torch threads slow everything many times over.
+os.environ.setdefault("TRUST_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
@@ -12,6 +16,41 @@ import torch
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if "MUTANT_UNDER_TEST" in os.environ:  # under `make mutate`
+    # mutmut forks one child per mutant from a parent that has drawn tqdm bars. tqdm's default write
+    # lock is a multiprocessing lock shared by all those forks: a child that dies holding it (stopped
+    # at its time limit, or killed mid-bar) leaves every later child that draws a bar waiting for ever
+    # (seen: each such mutant "timed out" after minutes of sleeping). A lock of each process's own,
+    # and no monitor thread that could hold it at the moment of a fork.
+    import threading
+
+    import tqdm
+
+    tqdm.tqdm.set_lock(threading.RLock())
+    tqdm.tqdm.monitor_interval = 0
+
+# Names mutmut gives its own passes (not a mutant): stats collection, the clean and forced-fail runs.
+_MUTMUT_PASSES = {"", "stats", "fail", "mutant_generation", "list_all_tests"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `make mutate`, run a mutant's covering tests fastest first.
+
+    mutmut runs each mutant's tests with -x, in the order of a set: a mutant that a 0.1 s test
+    kills could wait behind a 15 s one. Sorting by the durations mutmut measured in its stats pass
+    (mutants/mutmut-stats.json; the tests run from mutants/) ends each killed mutant at its fastest
+    killing test. Outside mutation testing the order is untouched.
+    """
+    if os.environ.get("MUTANT_UNDER_TEST", "") in _MUTMUT_PASSES:
+        return
+    stats = Path("mutmut-stats.json")
+    if not stats.is_file():
+        return
+    import json
+
+    duration = json.loads(stats.read_text()).get("duration_by_test", {})
+    items.sort(key=lambda item: duration.get(item.nodeid, 0.0))
 
 
 @pytest.fixture(scope="session")

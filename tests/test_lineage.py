@@ -257,3 +257,22 @@ def test_a_deleted_manifest_and_a_version_registered_before_file_hashes_were_tag
     rows = registry.check_version(registry.resolve(f"{NAME}/1"))
     assert rows[-1] == {"path": "(package)", "expected": None, "actual": registry.package_hash(folder),
                         "status": "unrecorded (the version has no package_sha256 tag)"}
+
+
+def test_base_and_method_come_from_the_package_spec_and_else_from_the_registry_tags(store, base):
+    """The package's pipeline.json names the base model (as an absolute path, what `trust load` opens);
+    the registration's lineage tags hold what the stage was given. A package that lost its spec
+    (deleted after registration: verify reports it) still shows the registered record."""
+    tags = {**lineage_of(base), "base_model": "models/as-written", "base_fingerprint": "sha256:as-tagged", "method": "esd-x"}
+    registry.register_version(params(), store, make_package(store / "pkg", base, base_model="/abs/base"), GOOD,
+                              tags, None)
+    d = lineage(f"{NAME}/1")
+    assert (d["base_model"], d["base_fingerprint"], d["method"]) == ("/abs/base", base["fingerprint"], "trust")
+    spec = registry.source_folder(registry.resolve(f"{NAME}/1")) / registry.PIPELINE
+    spec.chmod(0o644)
+    spec.unlink()
+    d = lineage(f"{NAME}/1")
+    assert (d["base_model"], d["base_fingerprint"], d["method"]) == ("models/as-written", "sha256:as-tagged", "esd-x")
+    spec.write_text('{"base_model": "", "method": "ant"}')  # an empty value: the tag's
+    d = lineage(f"{NAME}/1")
+    assert (d["base_model"], d["method"]) == ("models/as-written", "ant")

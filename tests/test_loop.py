@@ -173,3 +173,60 @@ def test_checkpoints_budget_and_progress(tiny, capsys):
     train(build_method(_fresh(tiny), data, ft, LocalizeParams()), 4, start=1, progress=True)
     err = capsys.readouterr().err
     assert "finetune (full)" in err and "4/4" in err
+
+
+def test_the_progress_bar_counts_a_resumed_run_from_where_it_starts(tiny, capsys):
+    data = ForgetData.build(tiny, ROWS, references=2, seed=0)
+    ft = FinetuneParams(preserve_weight=0.0).updated(method="full", batch_size=2, lr=1e-4)
+    capsys.readouterr()
+    train(build_method(_fresh(tiny), data, ft, LocalizeParams()), 3, start=1, progress=True)
+    err = capsys.readouterr().err
+    assert "finetune (full)" in err and "1/3" in err and "3/3" in err and "0/3" not in err
+    train(build_method(_fresh(tiny), data, ft, LocalizeParams()), 2, start=1, progress=True, desc="round 1")
+    err = capsys.readouterr().err
+    assert "round 1" in err and "2/2" in err and "finetune" not in err
+    train(build_method(_fresh(tiny), data, ft, LocalizeParams()), 2, start=1)
+    assert capsys.readouterr().err == ""  # no bar unless asked
+
+
+class _Clock:
+    """A fake perf_counter that starts far from 0 and moves only when a step runs (1 s per step)."""
+
+    def __init__(self):
+        self.now = 5000.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class _TimedMethod:
+    """What `train` drives, without a model: each step takes exactly one second of the fake clock."""
+
+    name, finished = "timed", False
+
+    def __init__(self, clock):
+        self.clock, self.parts = clock, type("P", (), {"unet": torch.nn.Linear(1, 1)})()
+
+    def step(self, step):
+        self.clock.now += 1.0
+        return {"loss": 0.0}
+
+    def materialise(self):
+        pass
+
+    def finish(self):
+        pass
+
+
+@pytest.mark.parametrize("budget, steps_run, out_of_time", [(1.0, 2, True), (0.5, 1, True), (2.0, 3, True),
+                                                            (3.0, 4, False), (100.0, 4, False)])
+def test_the_time_budget_is_the_seconds_spent_in_this_call(monkeypatch, budget, steps_run, out_of_time):
+    """A budget of b seconds ends training after the first step that leaves more than b seconds
+    spent: a step ending exactly at b is within it. The clock's absolute value plays no part."""
+    from trust.methods import loop
+
+    clock = _Clock()
+    monkeypatch.setattr(loop, "time", clock)
+    r = train(_TimedMethod(clock), 4, max_seconds=budget)
+    assert (r.steps_run, r.out_of_time) == (steps_run, out_of_time)
+    assert r.step_s == [1.0] * steps_run and r.train_s == steps_run and r.wall_s == steps_run

@@ -130,9 +130,15 @@ def test_fid_gate_and_empty_keep_on_sd():
     g = registry.gate_results(sd, GateParams())
     # nothing measures preservation: "not measured", never a pass
     assert not g["passed"] and registry.failed_gates(g) == ["max_preservation_drop"] and "max_fid_delta" not in g
-    assert g["max_preservation_drop"]["measured"] is False and "not measured" in g["max_preservation_drop"]["note"]
+    assert g["max_preservation_drop"]["measured"] is False
+    # the note, shown in the tags, lineage and model card, says what to set
+    assert g["max_preservation_drop"]["note"] == (
+        "not measured: no kept concepts (concept.keep is empty) and no FID gate; set register.gates.max_fid_delta "
+        "with evaluate.inception_weights and evaluate.fid_reference, or add kept concepts")
     g = registry.gate_results(sd, GateParams(max_fid_delta=3.0))
     assert not g["passed"] and g["max_fid_delta"] == {"value": 3.5, "limit": 3.0, "passed": False}
+    assert g["max_preservation_drop"] == {"value": 0.0, "limit": 0.1, "passed": True, "measured": False, "note":
+                                          "no kept concepts (concept.keep is empty); preservation gated by max_fid_delta"}
     assert registry.gate_results(sd, GateParams(max_fid_delta=4.0))["passed"]
     not_computed = {**sd, "fidelity": {"fid": {"computed": False, "reason": "evaluate.inception_weights is not set"}}}
     with pytest.raises(ValueError, match="max_fid_delta is set but .*inception_weights is not set"):
@@ -145,7 +151,9 @@ def test_a_base_that_never_shows_the_concept_cannot_reach_production(store, base
     never = {**GOOD, "target_rate_base": 0.0, "target_rate": 0.0}
     g = registry.gate_results(never, GateParams())
     assert not g["passed"] and registry.failed_gates(g) == ["min_base_target_rate"]
-    assert g["max_target_rate"]["passed"] and "nothing was there to erase" in g["min_base_target_rate"]["note"]
+    assert g["max_target_rate"]["passed"] and g["min_base_target_rate"]["note"] == (
+        "the base model hardly shows the concept: nothing was there to erase "
+        "(check concept.detect, the target prompts and the detector)")
     at_floor = registry.gate_results({**GOOD, "target_rate_base": 0.25}, GateParams(min_base_target_rate=0.25))
     assert at_floor["passed"]
     assert not registry.gate_results({**GOOD, "target_rate_base": float("nan")}, GateParams())["passed"]
@@ -158,6 +166,7 @@ def test_failed_gate_leaves_production_on_previous_version(store, base):
         r1 = registry.register_version(params(), store, make_package(store / "p1", base, "one"), GOOD,
                                        lineage_of(base), run_id=run.run_id)
     assert r1["passed"] and r1["version"] == 1 and r1["aliases"] == ["candidate", "production"]
+    assert r1["model_name"] == NAME
     src = Path(r1["source"])
     assert src.parent == (store / "mlartifacts" / "registry" / NAME).resolve() and src.name == r1["package_sha256"][:16]
     manifest = json.loads((src / "manifest.json").read_text())
@@ -178,9 +187,12 @@ def test_failed_gate_leaves_production_on_previous_version(store, base):
     assert v1.tags["gate.max_target_rate.passed"] == "true" and v1.tags["package_sha256"] == r1["package_sha256"]
     assert registry.resolve(f"{NAME}/2").tags["gates.passed"] == "false"
 
-    # Same content again: the immutable copy is reused, a new version still made.
+    # Same content again: the immutable copy is reused (not copied again: the same files on disk), a
+    # new version still made.
+    inodes = {p.name: p.stat().st_ino for p in src.iterdir()}
     r3 = registry.register_version(params(), store, make_package(store / "p3", base, "one"), GOOD, lineage_of(base), None)
     assert r3["source"] == r1["source"] and r3["version"] == 3
+    assert {p.name: p.stat().st_ino for p in src.iterdir()} == inodes
     assert int(registry.resolve(f"{NAME}@production").version) == 3
 
 
@@ -345,6 +357,12 @@ def test_gate_tags_record_each_value_and_verdict(store, base):
     assert tags["gate.max_target_rate.value"] == "0.5" and tags["gate.max_target_rate.limit"] == "0.1"
     assert tags["gate.max_target_rate.passed"] == "false" and tags["gate.max_preservation_drop.passed"] == "true"
     assert tags["gates.passed"] == "false" and tags["lineage.method"] == "trust"
+    # only the verdicts are lower-cased (true/false): other values keep their case
+    with_asr = {**GOOD, "asr": {"UnlearnDiffAtk": 0.25, "P4D": 0.5}}
+    registry.register_version(Params.model_validate({"register": {"model_name": NAME, "gates": {"max_asr": 0.3}}}), store,
+                              make_package(store / "q", base, note="q"), with_asr, lineage_of(base), None)
+    tags = mlflow.MlflowClient().get_model_version(NAME, "2").tags
+    assert tags["gate.max_asr.attack"] == "P4D" and tags["gate.max_asr.passed"] == "false"
 
 
 def test_descriptions_say_what_was_erased_and_the_verdict(store, base):

@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from trust.config import FinetuneParams, LocalizeParams
@@ -68,3 +69,138 @@ def test_reestimation_moves_the_mask_and_rows_that_leave_it_stop_moving(shipped_
         assert torch.equal(w[left[k]], weights[k][left[k]]), f"{k}: rows that left the mask moved"
     moved = sum(int((method.params[k].detach()[stayed[k]] != weights[k][stayed[k]]).any(dim=-1).sum()) for k in stayed)
     assert moved > 0
+
+
+class _SpyScorer:
+    """A concept scorer that records the randomness key of each mask it is asked for and hands out
+    the masks it was given, in turn."""
+
+    def __init__(self, masks):
+        self.masks, self.keys = list(masks), []
+
+    def mask(self, unet, frozen_unet, params, *key):
+        self.keys.append((unet, frozen_unet, key))
+        return self.masks.pop(0)
+
+
+def test_localisation_and_reestimation_are_keyed_by_their_seed_and_step(shipped_world):
+    """TRUST's own first mask comes from the start weights under localize.seed (key: seed, step 0,
+    stream 0); a re-estimation at step s compares the current UNet with the frozen one under
+    finetune.seed (key: seed, s, stream 2), so a resumed run re-draws the same noise. The overlap it
+    reports is the Jaccard index of the two masks, worked out here by hand."""
+    from trust.methods.loop import Resources
+
+    parts = copy.copy(shipped_world)
+    parts.unet = copy.deepcopy(shipped_world.unet)
+    data = ForgetData.build(parts, ROWS, references=2, seed=0)
+    loc = LocalizeParams(batch_size=2, xi=1.0, seed=11)
+    ft = FinetuneParams(preserve_weight=0.0).updated(batch_size=2, seed=5)
+    params = cross_attention_params(parts.unet, loc.modules)
+    first = {k: torch.zeros(p.shape[0]) for k, p in params.items()}
+    k0, k1 = list(first)[:2]
+    first[k0][:4] = 1.0  # 4 rows marked
+    second = {k: v.clone() for k, v in first.items()}
+    second[k0][:2] = 0.0  # 2 of them leave, 3 new ones join: 2 rows in both of the 7 in either
+    second[k1][:3] = 1.0
+    spy = _SpyScorer([first, second])
+    method = TrustMethod(parts, data, ft, loc, None, resources=Resources(scorer=spy))
+    assert spy.keys[0] == (parts.unet, parts.unet, (11, 0, 0)) and all(torch.equal(method.mask[k], first[k]) for k in first)
+    import time
+
+    t0 = time.perf_counter()
+    info = method.reestimate(3)
+    wall = time.perf_counter() - t0
+    assert spy.keys[1] == (parts.unet, method.frozen, (5, 3, 2)) and method.frozen is not parts.unet
+    assert set(info) == {"jaccard", "reestimate_s"} and info["jaccard"] == pytest.approx(2 / 7)
+    assert 0.0 <= info["reestimate_s"] <= wall
+    assert all(torch.equal(method.mask[k], second[k]) for k in second)
+
+
+def _spied(shipped_world, masks, **cfg):
+    from trust.methods.loop import Resources
+
+    parts = copy.copy(shipped_world)
+    parts.unet = copy.deepcopy(shipped_world.unet)
+    data = ForgetData.build(parts, ROWS, references=2, seed=0)
+    loc = LocalizeParams(batch_size=2, xi=1.0, seed=11)
+    ft = FinetuneParams(preserve_weight=0.0).updated(batch_size=2, seed=5, method={"name": "trust", **cfg})
+    params = cross_attention_params(parts.unet, loc.modules)
+    spy = _SpyScorer([{k: (torch.arange(p.shape[0]) < n).float() for k, p in params.items()} for n in masks])
+    return TrustMethod(parts, data, ft, loc, None, resources=Resources(scorer=spy)), spy, len(params)
+
+
+def test_each_step_reestimates_after_every_k_steps_and_reports_its_terms(shipped_world):
+    """reestimate_every 1: a re-estimation before every step but the first (step 0 trains under the
+    localisation's mask). Each step reports its loss, whose parts add up as beta weighs them, and the
+    size of the mask it trained under (the spy's masks: the first n rows of each projection)."""
+    method, spy, layers = _spied(shipped_world, [3, 2, 1], reestimate_every=1, beta=0.5)
+    infos = [method.step(s) for s in range(3)]
+    assert [key for _, _, key in spy.keys] == [(11, 0, 0), (5, 1, 2), (5, 2, 2)]
+    assert set(infos[0]) == {"loss", "l_prev", "l_reg", "mask_size"}
+    assert set(infos[1]) == set(infos[2]) == {"loss", "l_prev", "l_reg", "mask_size", "jaccard", "reestimate_s"}
+    assert [i["mask_size"] for i in infos] == [3 * layers, 2 * layers, 1 * layers]
+    assert infos[1]["jaccard"] == pytest.approx(2 / 3)  # rows {0, 1} of {0, 1, 2}, in every projection
+    for i in infos:
+        assert i["l_reg"] > 0 and i["loss"] == pytest.approx(i["l_prev"] + 0.5 * i["l_reg"], rel=1e-6)
+
+
+def test_a_static_mask_is_never_reestimated(shipped_world):
+    method, spy, _ = _spied(shipped_world, [3], reestimate_every=1, dynamic=False)
+    for s in range(3):
+        assert "jaccard" not in method.step(s)
+    assert len(spy.keys) == 1  # the localisation only
+
+
+def test_the_negative_guidance_target_trains_trust_too(shipped_world):
+    anchor, _, _ = _spied(shipped_world, [3])
+    negative, _, _ = _spied(shipped_world, [3], forget_target="negative_guidance", eta=1.0)
+    a, n = anchor.step(0), negative.step(0)
+    assert torch.isfinite(torch.tensor(n["l_prev"])) and n["l_prev"] != pytest.approx(a["l_prev"])
+
+
+def test_the_classifier_scorer_gets_the_classifier_and_its_labels(shipped_world, shipped_classifier):
+    from trust.methods.loop import Resources
+    from trust.methods.scorers import ClassifierScorer
+
+    parts = copy.copy(shipped_world)
+    parts.unet = copy.deepcopy(shipped_world.unet)
+    data = ForgetData.build(parts, ROWS, references=2, seed=0)
+    loc = LocalizeParams(batch_size=2, scorer="classifier")
+    params = cross_attention_params(parts.unet, loc.modules)
+    mask = {k: torch.ones(p.shape[0]) for k, p in params.items()}
+    detect = {"shape": "circle"}
+    method = TrustMethod(parts, data, FinetuneParams(preserve_weight=0.0), loc, mask,
+                         resources=Resources(classifier=shipped_classifier, detect=detect))
+    assert isinstance(method.scorer, ClassifierScorer)
+    assert method.scorer.classifier is shipped_classifier and method.scorer.detect == detect
+
+
+def test_build_method_hands_over_the_mask_the_preservation_data_and_the_resources(shipped_world):
+    """build_method passes a given initial mask (TRUST trains under it, no localisation), builds the
+    preservation data only through the callable it was given and only when the method needs it,
+    and hands the method the caller's resources (here: the scorer it re-estimates with)."""
+    from trust.methods.loop import Resources, build_method
+
+    parts, data, loc, mask, ft = _setup(shipped_world)
+    spy = _SpyScorer([mask])
+    built = []
+
+    def keep():
+        built.append(1)
+        return data
+    m = build_method(parts, data, ft.updated(preserve_weight=0.5), loc, keep=keep, initial_mask=mask,
+                     resources=Resources(scorer=spy))
+    assert m.keep is data and built == [1]
+    assert spy.keys == [] and all(torch.equal(m.mask[k], mask[k]) for k in mask)  # no localisation: the given mask
+    assert m.scorer is spy
+    m = build_method(parts, data, ft, loc, keep=keep, initial_mask=mask)  # preserve_weight 0: keep is not built
+    assert m.keep is None and built == [1] and m.resources == Resources()
+
+
+def test_a_mask_of_other_projections_is_refused(shipped_world):
+    parts, data, loc, mask, ft = _setup(shipped_world)
+    k = next(iter(mask))
+    with pytest.raises(ValueError, match="mask does not match the UNet's cross-attention projections"):
+        TrustMethod(parts, data, ft, loc, {n: v for n, v in mask.items() if n != k})
+    with pytest.raises(ValueError, match="cross-attention projections: \\['down.extra'\\]"):
+        TrustMethod(parts, data, ft, loc, {**mask, "down.extra": torch.ones(1)})

@@ -97,11 +97,16 @@ def failed_gates(gates: dict) -> list[str]:
 
 
 # -- package hashing -----------------------------------------------------------------
+def _hash_bytes_of(h, path: Path) -> None:
+    """Feed the file's bytes to the hash `h` in 1 MiB chunks (a package's delta can be GBs)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    _hash_bytes_of(h, path)
     return h.hexdigest()
 
 
@@ -115,9 +120,7 @@ def package_hash(folder: Path) -> str:
     h = hashlib.sha256()
     for p in _package_files(folder):
         h.update(p.relative_to(folder).as_posix().encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        _hash_bytes_of(h, p)
         h.update(b"\0")
     return h.hexdigest()
 
