@@ -204,3 +204,17 @@ def test_a_mask_of_other_projections_is_refused(shipped_world):
         TrustMethod(parts, data, ft, loc, {n: v for n, v in mask.items() if n != k})
     with pytest.raises(ValueError, match="cross-attention projections: \\['down.extra'\\]"):
         TrustMethod(parts, data, ft, loc, {**mask, "down.extra": torch.ones(1)})
+
+
+def test_the_clip_scorer_gets_the_loaded_clip(shipped_world):
+    from types import SimpleNamespace
+
+    from trust.methods.loop import Resources
+    from trust.methods.scorers import ClipScorer
+
+    parts, data, loc, mask, ft = _setup(shipped_world)
+    clip = SimpleNamespace(model=torch.nn.Linear(1, 1), tokenizer=object())  # what load_clip returns, minus CLIP
+    method = TrustMethod(parts, data, ft, loc.model_copy(update={"scorer": "clip"}), mask,
+                         resources=Resources(clip=clip))
+    assert isinstance(method.scorer, ClipScorer)
+    assert method.scorer.model is clip.model and method.scorer.tokenizer is clip.tokenizer
