@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -205,7 +206,7 @@ class _TimedMethod:
     name, finished = "timed", False
 
     def __init__(self, clock):
-        self.clock, self.parts = clock, type("P", (), {"unet": torch.nn.Linear(1, 1)})()
+        self.clock, self.parts = clock, SimpleNamespace(unet=torch.nn.Linear(1, 1))  # train reads the device off it
 
     def step(self, step):
         self.clock.now += 1.0

@@ -1,21 +1,30 @@
 import copy
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from trust.config import FinetuneParams, LocalizeParams
 from trust.methods.data import ForgetData
+from trust.methods.loop import Resources, build_method
 from trust.methods.saliency import cross_attention_params
+from trust.methods.scorers import ClassifierScorer, ClipScorer
 from trust.methods.trust.method import TrustMethod, denoise_saliency
 
 ROWS = [{"prompt": "a red circle", "anchor": "a plain background"},
         {"prompt": "a blue circle", "anchor": "a striped background"}]
 
 
-def _setup(shipped_world, **ft):
+def _fresh(shipped_world, references: int):
+    """A copy of the world whose UNet can be trained, and forget data for ROWS."""
     parts = copy.copy(shipped_world)
     parts.unet = copy.deepcopy(shipped_world.unet)
-    data = ForgetData.build(parts, ROWS, references=4, seed=0)
+    return parts, ForgetData.build(parts, ROWS, references=references, seed=0)
+
+
+def _setup(shipped_world, **ft):
+    parts, data = _fresh(shipped_world, references=4)
     loc = LocalizeParams(batch_size=4, xi=1.0)
     params = cross_attention_params(parts.unet, loc.modules)
     mask = denoise_saliency(parts.unet, parts.unet, params, data, parts, loc, 0, 0)
@@ -88,52 +97,51 @@ def test_localisation_and_reestimation_are_keyed_by_their_seed_and_step(shipped_
     stream 0); a re-estimation at step s compares the current UNet with the frozen one under
     finetune.seed (key: seed, s, stream 2), so a resumed run re-draws the same noise. The overlap it
     reports is the Jaccard index of the two masks, worked out here by hand."""
-    from trust.methods.loop import Resources
+    def masks(params):
+        first = {k: torch.zeros(p.shape[0]) for k, p in params.items()}
+        k0, k1 = list(first)[:2]
+        first[k0][:4] = 1.0  # 4 rows marked
+        second = {k: v.clone() for k, v in first.items()}
+        second[k0][:2] = 0.0  # 2 of them leave, 3 new ones join: 2 rows in both of the 7 in either
+        second[k1][:3] = 1.0
+        return [first, second]
 
-    parts = copy.copy(shipped_world)
-    parts.unet = copy.deepcopy(shipped_world.unet)
-    data = ForgetData.build(parts, ROWS, references=2, seed=0)
-    loc = LocalizeParams(batch_size=2, xi=1.0, seed=11)
-    ft = FinetuneParams(preserve_weight=0.0).updated(batch_size=2, seed=5)
-    params = cross_attention_params(parts.unet, loc.modules)
-    first = {k: torch.zeros(p.shape[0]) for k, p in params.items()}
-    k0, k1 = list(first)[:2]
-    first[k0][:4] = 1.0  # 4 rows marked
-    second = {k: v.clone() for k, v in first.items()}
-    second[k0][:2] = 0.0  # 2 of them leave, 3 new ones join: 2 rows in both of the 7 in either
-    second[k1][:3] = 1.0
-    spy = _SpyScorer([first, second])
-    method = TrustMethod(parts, data, ft, loc, None, resources=Resources(scorer=spy))
-    assert spy.keys[0] == (parts.unet, parts.unet, (11, 0, 0)) and all(torch.equal(method.mask[k], first[k]) for k in first)
-    import time
-
+    method, spy, params = _spied(shipped_world, masks)
+    first, second = masks(params)
+    unet = method.parts.unet
+    assert spy.keys[0] == (unet, unet, (11, 0, 0)) and all(torch.equal(method.mask[k], first[k]) for k in first)
     t0 = time.perf_counter()
     info = method.reestimate(3)
     wall = time.perf_counter() - t0
-    assert spy.keys[1] == (parts.unet, method.frozen, (5, 3, 2)) and method.frozen is not parts.unet
+    assert spy.keys[1] == (unet, method.frozen, (5, 3, 2)) and method.frozen is not unet
     assert set(info) == {"jaccard", "reestimate_s"} and info["jaccard"] == pytest.approx(2 / 7)
     assert 0.0 <= info["reestimate_s"] <= wall
     assert all(torch.equal(method.mask[k], second[k]) for k in second)
 
 
-def _spied(shipped_world, masks, **cfg):
-    from trust.methods.loop import Resources
+def _rows(params, n: int) -> dict[str, torch.Tensor]:
+    """A row mask marking the first n rows of each projection."""
+    return {k: (torch.arange(p.shape[0]) < n).float() for k, p in params.items()}
 
-    parts = copy.copy(shipped_world)
-    parts.unet = copy.deepcopy(shipped_world.unet)
-    data = ForgetData.build(parts, ROWS, references=2, seed=0)
+
+def _spied(shipped_world, masks, **cfg):
+    """TRUST (method knobs `cfg`) under a spy scorer that hands out `masks(params)` in turn: the
+    localisation's mask, then one per re-estimation. Returns (method, spy, params)."""
+    parts, data = _fresh(shipped_world, references=2)
     loc = LocalizeParams(batch_size=2, xi=1.0, seed=11)
     ft = FinetuneParams(preserve_weight=0.0).updated(batch_size=2, seed=5, method={"name": "trust", **cfg})
     params = cross_attention_params(parts.unet, loc.modules)
-    spy = _SpyScorer([{k: (torch.arange(p.shape[0]) < n).float() for k, p in params.items()} for n in masks])
-    return TrustMethod(parts, data, ft, loc, None, resources=Resources(scorer=spy)), spy, len(params)
+    spy = _SpyScorer(masks(params))
+    return TrustMethod(parts, data, ft, loc, None, resources=Resources(scorer=spy)), spy, params
 
 
 def test_each_step_reestimates_after_every_k_steps_and_reports_its_terms(shipped_world):
     """reestimate_every 1: a re-estimation before every step but the first (step 0 trains under the
     localisation's mask). Each step reports its loss, whose parts add up as beta weighs them, and the
     size of the mask it trained under (the spy's masks: the first n rows of each projection)."""
-    method, spy, layers = _spied(shipped_world, [3, 2, 1], reestimate_every=1, beta=0.5)
+    method, spy, params = _spied(shipped_world, lambda p: [_rows(p, 3), _rows(p, 2), _rows(p, 1)],
+                                 reestimate_every=1, beta=0.5)
+    layers = len(params)
     infos = [method.step(s) for s in range(3)]
     assert [key for _, _, key in spy.keys] == [(11, 0, 0), (5, 1, 2), (5, 2, 2)]
     assert set(infos[0]) == {"loss", "l_prev", "l_reg", "mask_size"}
@@ -145,31 +153,23 @@ def test_each_step_reestimates_after_every_k_steps_and_reports_its_terms(shipped
 
 
 def test_a_static_mask_is_never_reestimated(shipped_world):
-    method, spy, _ = _spied(shipped_world, [3], reestimate_every=1, dynamic=False)
+    method, spy, _ = _spied(shipped_world, lambda p: [_rows(p, 3)], reestimate_every=1, dynamic=False)
     for s in range(3):
         assert "jaccard" not in method.step(s)
     assert len(spy.keys) == 1  # the localisation only
 
 
 def test_the_negative_guidance_target_trains_trust_too(shipped_world):
-    anchor, _, _ = _spied(shipped_world, [3])
-    negative, _, _ = _spied(shipped_world, [3], forget_target="negative_guidance", eta=1.0)
+    anchor, _, _ = _spied(shipped_world, lambda p: [_rows(p, 3)])
+    negative, _, _ = _spied(shipped_world, lambda p: [_rows(p, 3)], forget_target="negative_guidance", eta=1.0)
     a, n = anchor.step(0), negative.step(0)
     assert torch.isfinite(torch.tensor(n["l_prev"])) and n["l_prev"] != pytest.approx(a["l_prev"])
 
 
 def test_the_classifier_scorer_gets_the_classifier_and_its_labels(shipped_world, shipped_classifier):
-    from trust.methods.loop import Resources
-    from trust.methods.scorers import ClassifierScorer
-
-    parts = copy.copy(shipped_world)
-    parts.unet = copy.deepcopy(shipped_world.unet)
-    data = ForgetData.build(parts, ROWS, references=2, seed=0)
-    loc = LocalizeParams(batch_size=2, scorer="classifier")
-    params = cross_attention_params(parts.unet, loc.modules)
-    mask = {k: torch.ones(p.shape[0]) for k, p in params.items()}
+    parts, data, loc, mask, ft = _setup(shipped_world)
     detect = {"shape": "circle"}
-    method = TrustMethod(parts, data, FinetuneParams(preserve_weight=0.0), loc, mask,
+    method = TrustMethod(parts, data, ft, loc.model_copy(update={"scorer": "classifier"}), mask,
                          resources=Resources(classifier=shipped_classifier, detect=detect))
     assert isinstance(method.scorer, ClassifierScorer)
     assert method.scorer.classifier is shipped_classifier and method.scorer.detect == detect
@@ -179,8 +179,6 @@ def test_build_method_hands_over_the_mask_the_preservation_data_and_the_resource
     """build_method passes a given initial mask (TRUST trains under it, no localisation), builds the
     preservation data only through the callable it was given and only when the method needs it,
     and hands the method the caller's resources (here: the scorer it re-estimates with)."""
-    from trust.methods.loop import Resources, build_method
-
     parts, data, loc, mask, ft = _setup(shipped_world)
     spy = _SpyScorer([mask])
     built = []
@@ -207,11 +205,6 @@ def test_a_mask_of_other_projections_is_refused(shipped_world):
 
 
 def test_the_clip_scorer_gets_the_loaded_clip(shipped_world):
-    from types import SimpleNamespace
-
-    from trust.methods.loop import Resources
-    from trust.methods.scorers import ClipScorer
-
     parts, data, loc, mask, ft = _setup(shipped_world)
     clip = SimpleNamespace(model=torch.nn.Linear(1, 1), tokenizer=object())  # what load_clip returns, minus CLIP
     method = TrustMethod(parts, data, ft, loc.model_copy(update={"scorer": "clip"}), mask,

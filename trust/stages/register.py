@@ -79,7 +79,7 @@ def run(params: Params, root: Path) -> dict:
         run_.log_metrics({"version": float(result["version"]), "gates_passed": float(result["passed"])})
         run_.log_artifact(root / paths.REGISTER_DIR / "model_card.md")
     if not result["passed"]:
-        gates = result["gates"]  # result["failed_gates"]: registry.failed_gates, the one filter of failed gates
+        gates = result["gates"]  # which failed: result["failed_gates"] (registry.failed_gates)
         failed = [f"{k} (value {gates[k]['value']:.3f}, limit {gates[k]['limit']}"
                   + (f": {gates[k]['note']})" if gates[k].get("note") else ")") for k in result["failed_gates"]]
         raise GateFailed(f"{params.registry.model_name} v{result['version']} registered as candidate only; "
