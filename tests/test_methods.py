@@ -275,3 +275,32 @@ def test_negative_guidance_target_points_away_from_the_concept():
     u, c = torch.full((2,), 1.0), torch.full((2,), 3.0)
     assert torch.equal(negative_guidance_target(u, c, 2.0), torch.full((2,), -3.0))
     assert torch.equal(negative_guidance_target(u, c, 0.0), u)
+
+
+class _SumModel(torch.nn.Module):
+    """A stand-in frozen UNet whose prediction is the sum of its condition's entries, per row."""
+
+    def forward(self, x, t, encoder_hidden_states):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=encoder_hidden_states.sum(dim=(1, 2))[:, None].expand(len(x), 3))
+
+
+@pytest.mark.parametrize("forget_target, eta, expected", [
+    ("anchor", 1.0, 2.0),                  # the anchor's prediction itself
+    ("negative_guidance", 2.0, 1 - 2 * 4),  # empty 1, concept 5: away from the concept, from the empty prompt
+    ("anchor_negative", 1.0, 2 - 1 * 3),    # anchor 2, concept 5: away from the concept, from the anchor
+    ("anchor_negative", 0.0, 2.0),
+])
+def test_each_forget_target_by_hand(forget_target, eta, expected):
+    """L_prev's training target for a hand-made frozen model whose prediction is its condition's sum:
+    empty prompt 1, anchor 2, concept 5 (each condition one entry)."""
+    from trust.methods.base import Method
+
+    m = Method.__new__(Method)
+    m.frozen = _SumModel()
+    m.uncond = torch.ones(1, 1, 1)
+    m.cfg = FinetuneParams().updated(method={"name": "trust", "forget_target": forget_target, "eta": eta}).method
+    x, t = torch.zeros(2, 4), torch.zeros(2, dtype=torch.long)
+    out = m.forget_target(x, t, torch.full((2, 1, 1), 5.0), torch.full((2, 1, 1), 2.0))
+    assert torch.equal(out, torch.full((2, 3), float(expected)))

@@ -127,12 +127,16 @@ class Method:
         with torch.no_grad():
             if self.cfg.forget_target == "anchor":
                 return self.frozen(x_t, t, encoder_hidden_states=c_anchor).sample
+            if self.cfg.forget_target == "anchor_negative":
+                return self.negative_guidance(x_t, t, c_target, base=c_anchor)
             return self.negative_guidance(x_t, t, c_target)
 
-    def negative_guidance(self, x_t, t, c_target) -> torch.Tensor:
+    def negative_guidance(self, x_t, t, c_target, base=None) -> torch.Tensor:
+        """ESD's target, away from `c_target` starting at the empty prompt's prediction (or at `base`'s)."""
+        base = self.uncond.expand_as(c_target) if base is None else base
         with torch.no_grad():
             both = self.frozen(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                               encoder_hidden_states=torch.cat([self.uncond.expand_as(c_target), c_target])).sample
+                               encoder_hidden_states=torch.cat([base, c_target])).sample
             e_u, e_c = both.chunk(2)
             return negative_guidance_target(e_u, e_c, self.cfg.eta)
 

@@ -33,10 +33,13 @@ class MethodConfig(BaseModel):
 class ForgetTargetKnobs(BaseModel):
     """The training target of L_prev (TRUST, SalUn, full fine-tuning)."""
 
-    forget_target: Literal["anchor", "negative_guidance"] = Field(
-        "anchor", description="L_prev maps the target onto eps*(anchor) (`anchor`) or onto ESD's negative-guidance "
-                              "target eps*(empty) - eta (eps*(c) - eps*(empty))")
-    eta: float = Field(1.0, ge=0, description="negative-guidance strength (forget_target: negative_guidance)")
+    forget_target: Literal["anchor", "negative_guidance", "anchor_negative"] = Field(
+        "anchor", description="L_prev maps the target onto eps*(anchor) (`anchor`), onto ESD's negative-guidance "
+                              "target eps*(empty) - eta (eps*(c) - eps*(empty)) (`negative_guidance`), or onto the "
+                              "anchor pushed away from the target, eps*(anchor) - eta (eps*(c) - eps*(anchor)) "
+                              "(`anchor_negative`)")
+    eta: float = Field(1.0, ge=0, description="strength of the push away from the concept (forget_target: "
+                                              "negative_guidance, anchor_negative)")
 
 
 FORGET_TARGET_MOVED = {"forget_target": "forget_target", "eta": "eta"}
