@@ -3,6 +3,7 @@ ConceptPrune prunes exactly what it selects, deltas and resume reproduce runs, a
 erasure on the world works."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -281,8 +282,6 @@ class _SumModel(torch.nn.Module):
     """A stand-in frozen UNet whose prediction is the sum of its condition's entries, per row."""
 
     def forward(self, x, t, encoder_hidden_states):
-        from types import SimpleNamespace
-
         return SimpleNamespace(sample=encoder_hidden_states.sum(dim=(1, 2))[:, None].expand(len(x), 3))
 
 

@@ -30,10 +30,14 @@ class MethodConfig(BaseModel):
         return cls.model_fields["name"].default
 
 
+# L_prev's training targets (Method.forget_target; docs/methods.md)
+ForgetTarget = Literal["anchor", "negative_guidance", "anchor_negative"]
+
+
 class ForgetTargetKnobs(BaseModel):
     """The training target of L_prev (TRUST, SalUn, full fine-tuning)."""
 
-    forget_target: Literal["anchor", "negative_guidance", "anchor_negative"] = Field(
+    forget_target: ForgetTarget = Field(
         "anchor", description="L_prev maps the target onto eps*(anchor) (`anchor`), onto ESD's negative-guidance "
                               "target eps*(empty) - eta (eps*(c) - eps*(empty)) (`negative_guidance`), or onto the "
                               "anchor pushed away from the target, eps*(anchor) - eta (eps*(c) - eps*(anchor)) "

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from trust.methods.config import FORGET_TARGET_MOVED, ForgetTargetKnobs, MethodConfig
+from trust.methods.config import FORGET_TARGET_MOVED, ForgetTarget, ForgetTargetKnobs, MethodConfig
 
 
 class TrustConfig(MethodConfig, ForgetTargetKnobs):
@@ -20,7 +20,7 @@ class TrustConfig(MethodConfig, ForgetTargetKnobs):
                                                         "the mask and the target rate swung (0.31 -> 0.78 in 50 steps), "
                                                         "k=20 descended steadily and is 20% faster")
     dynamic: bool = Field(True, description="false keeps the initial mask (static, SalUn-like)")
-    forget_target: Literal["anchor", "negative_guidance", "anchor_negative"] = Field(
+    forget_target: ForgetTarget = Field(
         "anchor_negative", description="as for every fine-tuning method (trust/methods/config.py); TRUST's default "
         "pushes away from the concept from the anchor: with the plain anchor a combination (yellow triangle) and a "
         "conditional (square on stripes) never reached the bar in 300 s, pushed they did in 80-400 steps "
