@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from trust.config import FinetuneParams, LocalizeParams
 from trust.methods.data import ForgetData
 from trust.methods.losses import forget_loss, negative_guidance_target
+from trust.methods.masked_adam import MaskedAdam
 from trust.methods.saliency import expand_mask, mask_size
 from trust.models.parts import DiffusionParts
 
@@ -52,7 +53,8 @@ class Method:
         self.setup(initial_mask)
         for p in self.params.values():
             p.requires_grad_(True)
-        self.opt = torch.optim.Adam(list(self.params.values()), lr=ft.lr) if self.params else None
+        # Adam whose bias correction counts each row's own steps in the mask (trust/methods/masked_adam.py)
+        self.opt = MaskedAdam(list(self.params.values()), lr=ft.lr) if self.params else None
         self.initial_keep_weight, self.initial_lr = self.keep_weight(), ft.lr
         self.adversary = None
         if ft.adversarial.enabled:  # finetune.adversarial: an inner attack joins the forget batch
@@ -155,13 +157,10 @@ class Method:
         return loss
 
     def update(self, loss: torch.Tensor) -> None:
-        """Backward, gradients masked to `self.mask`, Adam step."""
+        """Backward, Adam step of the entries in `self.mask` only."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        for k, p in self.params.items():
-            if p.grad is not None and k in self.mask:
-                p.grad.mul_(expand_mask(self.mask[k], p))
-        self.opt.step()
+        self.opt.step({p: expand_mask(self.mask[k], p) for k, p in self.params.items() if k in self.mask})
 
     def mask_info(self) -> dict:
         return {"mask_size": mask_size(self.mask)} if self.mask else {}
@@ -180,7 +179,7 @@ class Method:
             st = self.opt.state.get(p) if self.opt else None
             if st:
                 out[f"adam.{k}.exp_avg"], out[f"adam.{k}.exp_avg_sq"] = st["exp_avg"], st["exp_avg_sq"]
-                out[f"adam.{k}.step"] = torch.as_tensor(st["step"]).reshape(1)
+                out[f"adam.{k}.step"] = st["step"]  # per entry: its own steps inside the mask
         for k, m in self.mask.items():
             out[f"mask.{k}"] = m
         out.update(self.extra_state())
@@ -193,7 +192,8 @@ class Method:
             for k, p in self.params.items():
                 p.copy_(t[f"param.{k}"])
                 if f"adam.{k}.exp_avg" in t:
-                    self.opt.state[p] = {"step": t[f"adam.{k}.step"].reshape(()).clone(),
+                    # (a checkpoint from before per-entry counts holds one count for the whole tensor)
+                    self.opt.state[p] = {"step": t[f"adam.{k}.step"].expand_as(p).clone(),
                                          "exp_avg": t[f"adam.{k}.exp_avg"].clone(),
                                          "exp_avg_sq": t[f"adam.{k}.exp_avg_sq"].clone()}
             self.mask = {k.removeprefix("mask."): v.clone() for k, v in t.items() if k.startswith("mask.")} or self.mask

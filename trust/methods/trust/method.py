@@ -54,12 +54,8 @@ class TrustMethod(Method):
         t0 = time.perf_counter()
         new = self.scorer.mask(self.parts.unet, self.frozen, self.params, self.ft.seed, step, 2)
         overlap = jaccard(self.mask, new)
-        for k, p in self.params.items():
-            st = self.opt.state.get(p)
-            if st:  # rows leaving the mask get no momentum-driven update
-                keep = expand_mask(new[k], p)
-                st["exp_avg"].mul_(keep)
-                st["exp_avg_sq"].mul_(keep)
+        for k, p in self.params.items():  # rows leaving the mask forget their moments (and step counts)
+            self.opt.reset(p, expand_mask(new[k], p))
         self.mask = new
         return {"jaccard": overlap, "reestimate_s": time.perf_counter() - t0}
 
