@@ -63,6 +63,10 @@ METHODS = {
     "TRUST": {},
     "ANT+fusion": {"method": {"name": "ant_fusion", "split_step": 43, "fusion_positions": "all", "fusion_beta": 0.5}},
     "ESD-x": {"method": {"name": "esd", "variant": "x"}, "lr": 1e-3, "preserve_weight": 0.0},
+    # the closed-form edits (issue 15) with their own defaults; one edit, nothing to iterate: no
+    # erase-to-a-bar (it would only turn a miss into "bar not reached"), the held-out gates judge the edit
+    "UCE": {"method": {"name": "uce"}, "to_bar": {"enabled": False}},
+    "RECE": {"method": {"name": "rece"}, "to_bar": {"enabled": False}},
 }
 
 

@@ -1,7 +1,7 @@
 """Benchmark the unlearning methods on one world concept: `python bench/methods.py [--quick]`.
 
 Same as `trust bench`. Trains TRUST-CIP, TRUST-CSR, TRUST (static mask), ESD-x, ESD-u, SalUn,
-ConceptPrune, full fine-tuning, ANT and ANT+fusion from params.yaml's concept; writes
+ConceptPrune, full fine-tuning, UCE, RECE, ANT and ANT+fusion from params.yaml's concept; writes
 bench/results/methods.{md,json,png}. A subset: `--runs ANT,ANT+fusion --name NAME` (writes NAME.{md,json,png}).
 See bench/lib/methods.py for what is measured and how.
 """

@@ -32,10 +32,10 @@ def test_bench_quick_on_a_tiny_model(world_tokenizer, tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in parts.unet.state_dict().items())  # base left unchanged
     labels = [r["label"] for r in result["runs"]]
     assert labels == ["TRUST-CIP", "TRUST-CSR", "TRUST-static", "ESD-x", "ESD-u", "SalUn", "ConceptPrune", "full",
-                      "ANT", "ANT+fusion"]
+                      "UCE", "RECE", "ANT", "ANT+fusion"]
     for r in result["runs"]:
         assert r["total_s"] > 0 and r["peak_memory_bytes"] >= 0 and 0 <= r["erasure_target_rate"] <= 1
-        assert r["steps_run"] == (1 if r["method"] == "conceptprune" else 2), r["label"]
+        assert r["steps_run"] == (1 if r["method"] in ("conceptprune", "uce", "rece") else 2), r["label"]
         assert (r["reestimate_share"] is not None) == (r["method"] == "trust")
     salun = next(r for r in result["runs"] if r["label"] == "SalUn")
     assert salun["vs_salun"]["total_s"] == 1.0

@@ -60,7 +60,7 @@ def _method(world, world_data, case: str, **extra):
 
 
 def test_registry_lists_all_methods():
-    assert set(METHODS) == {"trust", "esd", "salun", "conceptprune", "full", "ant", "ant_fusion"}
+    assert set(METHODS) == {"trust", "esd", "salun", "conceptprune", "full", "ant", "ant_fusion", "uce", "rece"}
     with pytest.raises(ValueError, match="finetune.method.name: unknown method 'nope'"):
         method_class("nope")
     with pytest.raises(ValidationError, match="finetune.method(.|\n)*'nope'(.|\n)*'trust', 'esd'"):

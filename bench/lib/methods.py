@@ -1,7 +1,7 @@
 """Side-by-side benchmark of the unlearning methods on one world concept, one seed, one run.
 
 For each configuration (TRUST-CIP, TRUST-CSR, TRUST with a static mask, ESD-x, ESD-u, SalUn,
-ConceptPrune, full fine-tuning in METHOD_RUNS; ANT and ANT+fusion in ANT_RUNS) it measures:
+ConceptPrune, full fine-tuning, UCE, RECE in METHOD_RUNS; ANT and ANT+fusion in ANT_RUNS) it measures:
 - steps and wall-clock to reach the erasure bar: target detection rate <= `bar` by the world
   classifier on held-out target prompts, checked every `check_every` steps on a small
   fixed-seed sample (checking time is not counted);
@@ -63,6 +63,9 @@ METHOD_RUNS = [
     Run("SalUn", "salun", {}, {"lr": 5e-4, "preserve_weight": 0.0}),
     Run("ConceptPrune", "conceptprune", {}, {"preserve_weight": 0.0}),
     Run("full", "full", {}, {"lr": 5e-4, "preserve_weight": 0.0}),
+    # closed form, training-free (issue 15): their own defaults (trust/methods/uce, trust/methods/rece)
+    Run("UCE", "uce", {}, {"preserve_weight": 0.0}),
+    Run("RECE", "rece", {}, {"preserve_weight": 0.0}),
 ]
 
 # ANT rows (issue 6): ANT with its intersected saliency mask (over attn2: on the world the UNet-wide

@@ -4,7 +4,7 @@ made once by the frozen model, and the text conditions of each target prompt and
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,7 @@ class ForgetData:
     target_emb: torch.Tensor  # (R, L, D) condition of each reference's target prompt
     anchor_emb: torch.Tensor  # (R, L, D) condition of its anchor prompt
     prompts: list[str]
+    anchors: list[str] = field(default_factory=list)  # each reference's anchor prompt (the closed-form edits read it)
 
     @classmethod
     @torch.no_grad()
@@ -36,6 +37,7 @@ class ForgetData:
             target_emb=parts.encode_text(prompts),
             anchor_emb=parts.encode_text([r["anchor"] or "" for r in picked]),
             prompts=prompts,
+            anchors=[r["anchor"] or "" for r in picked],
         )
 
     def batch(self, parts: DiffusionParts, size: int, *key: int):

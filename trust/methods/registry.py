@@ -22,6 +22,8 @@ METHODS.add("conceptprune", "trust.methods.conceptprune.config:ConceptPruneConfi
 METHODS.add("full", "trust.methods.full.config:FullConfig")
 METHODS.add("ant", "trust.methods.ant.config:AntConfig")
 METHODS.add("ant_fusion", "trust.methods.ant_fusion.config:AntFusionConfig")
+METHODS.add("uce", "trust.methods.uce.config:UceConfig")
+METHODS.add("rece", "trust.methods.rece.config:ReceConfig")
 
 
 def method_config(name: str) -> type["MethodConfig"]:

@@ -191,6 +191,11 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
             # a failed run, logged as one: its curves and checks are in MLflow; no delta is written
             for h in history:
                 run_.log_metrics({k: h[k] for k in CURVE_KEYS if k in h}, step=h["step"])
+            if method.finished:  # a training-free method (conceptprune, uce, rece): more steps change nothing
+                raise BarNotReached(
+                    f"finetune: {ft.method.name}'s one edit did not reach the bar on the validation prompts: "
+                    f"{bar.report()}. Nothing was written or registered; change finetune.method's knobs (a training-"
+                    "free method gains nothing from more steps), or see the check in the MLflow run")
             why = "the time budget (finetune.max_seconds) ran out" if result.out_of_time else \
                   "the step budget (finetune.steps) ran out"
             raise BarNotReached(

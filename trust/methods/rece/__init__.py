@@ -1,0 +1,1 @@
+"""RECE: UCE iterated with the adversarial embeddings it derives in closed form."""

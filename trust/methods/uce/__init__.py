@@ -1,0 +1,1 @@
+"""UCE: unified concept editing (closed form, training-free)."""
