@@ -57,7 +57,10 @@ def test_lineage_rows_are_the_runs_the_tracking_store_holds(store, base):
         real = client.get_run(run_id)
         assert (row["run_id"], row["name"], row["status"]) == (run_id, real.info.run_name, "FINISHED")
         assert t0 <= datetime.fromisoformat(row["start"]) <= t1
-    assert d["stage_runs"][0]["dvc_stage_hash"] == "abc123" and d["stage_runs"][1]["dvc_stage_hash"] is None
+    # the hash is the one the version recorded from dvc.lock at registration (after the stage ran), the
+    # run's own tag is what dvc.lock held when it started; the register stage's own entry is not known yet
+    assert d["stage_runs"][0]["dvc_stage_hash"] == "f" * 32 and d["stage_runs"][0]["dvc_stage_hash_at_start"] == "abc123"
+    assert d["stage_runs"][1]["dvc_stage_hash"] is None
     assert d["run"] == d["stage_runs"][1]
     p = client.get_run(parent.info.run_id)
     assert d["parent_run"] == {"run_id": p.info.run_id, "name": p.info.run_name, "status": "FINISHED",
@@ -276,3 +279,28 @@ def test_base_and_method_come_from_the_package_spec_and_else_from_the_registry_t
     spec.write_text('{"base_model": "", "method": "ant"}')  # an empty value: the tag's
     d = lineage(f"{NAME}/1")
     assert (d["base_model"], d["method"]) == ("models/as-written", "ant")
+
+
+def test_lineage_prints_gates_scores_and_the_dirty_flag(store, base):
+    """What an auditor needs on one screen: each gate's value against its limit (a failed one says
+    FAILED), the evaluate run's scores (target rate, ASR per attack), and which stage ran on a
+    working tree with uncommitted changes."""
+    bad = {**GOOD, "target_rate": 0.3}
+    with tracking.flow_run("unlearn", params(), store):
+        with tracking.stage_run("evaluate", {"seed": 0}, store) as ev:
+            ev.log_metrics({"target_rate": 0.3, "asr.p4d": 0.25, "unrelated": 7.0})
+            MlflowClient().set_tag(ev.run_id, "git.dirty", "true")
+        with tracking.stage_run("register", {"model_name": NAME}, store) as run:
+            MlflowClient().set_tag(run.run_id, "git.dirty", "false")
+            registry.register_version(params(), store, make_package(store / "pkg", base), bad, lineage_of(base),
+                                      run_id=run.run_id)
+    d = lineage(f"{NAME}/1")
+    assert d["gates"]["max_target_rate"] == {"value": "0.3", "limit": "0.1", "passed": "false"}
+    evaluate = d["stage_runs"][0]
+    assert evaluate["scores"] == {"asr.p4d": 0.25, "target_rate": 0.3} and evaluate["git_dirty"] == "true"
+    text = format_lineage(d)
+    assert "max_target_rate: 0.3 (limit 0.1) FAILED" in text
+    assert "target_rate 0.3" in text and "asr.p4d 0.25" in text and "unrelated" not in text
+    lines = text.splitlines()
+    assert any(ln.strip().startswith("stage evaluate") and ln.endswith("(dirty)") for ln in lines)
+    assert not any(ln.strip().startswith("stage register") and ln.endswith("(dirty)") for ln in lines)
