@@ -112,6 +112,11 @@ def test_cli_load_generates_a_grid(store, base, monkeypatch):
     out = CliRunner().invoke(app, ["load", f"{NAME}@production", "--prompt", "a red circle", "--out", "g.png"])
     assert out.exit_code == 0, out.output
     assert (store / "g.png").is_file() and "tuned fingerprint sha256:" in out.output
+    # without --out the grid goes under the project's outputs/, not into the working folder
+    out = CliRunner().invoke(app, ["load", f"{NAME}@production", "--prompt", "a red circle"])
+    assert out.exit_code == 0, out.output
+    assert (store / "outputs" / "load" / f"{NAME}_production.png").is_file()
+    assert sorted(p.name for p in store.glob("*.png")) == ["g.png"]
     assert CliRunner().invoke(app, ["load", "not a ref"]).exit_code == 2
 
 

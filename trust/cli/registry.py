@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -35,7 +36,8 @@ def _errors():
 def load_cmd(
     ref: str = typer.Argument(..., help="MODEL@ALIAS or MODEL/VERSION"),
     prompt: str = typer.Option(None, "--prompt", help="generate 4 images from this prompt"),
-    out: Path = typer.Option(Path("load_grid.png"), "--out", help="PNG grid written with --prompt"),
+    out: Path = typer.Option(None, "--out", help="PNG grid written with --prompt (default: outputs/load/"
+                                                 "<MODEL>_<ALIAS or VERSION>.png beside the params file)"),
     device: str = typer.Option("cpu", "--device"),
     params: Path = PARAMS_OPT,
 ) -> None:
@@ -57,6 +59,8 @@ def load_cmd(
 
         ev = load_params(params, check_files=False).evaluate
         images = generate(parts, [prompt] * 4, list(range(4)), steps=ev.steps, guidance=ev.guidance)
+        if out is None:  # the project's outputs/, never the repository root
+            out = Path(params).resolve().parent / "outputs" / "load" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", ref) + ".png")
         out.parent.mkdir(parents=True, exist_ok=True)
         labelled_grid([(prompt, images)], title=ref).save(out)
         console.print(f"4 samples of {prompt!r} (seeds 0-3): {out}")
