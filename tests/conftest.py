@@ -6,6 +6,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # workers on two cores, and oversubscribed torch threads slow everything many times over.
 os.environ.setdefault("TRUST_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Never the operator's Prefect home: `make test` exports the project's PREFECT_HOME (for `make run`),
+# and a flow run a test starts in-process would show up in their `prefect flow-run ls`.
+import tempfile
+
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="trust-tests-prefect-")
 
 from pathlib import Path
 

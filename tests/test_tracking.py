@@ -127,3 +127,10 @@ def test_git_info_in_the_project(root):
     info = tracking.git_info(root)
     assert len(info["git.commit"]) == 40 and info["git.dirty"] in ("true", "false")
     assert tracking.git_commit(root) == info["git.commit"]
+
+
+def test_tests_never_use_the_projects_prefect_home():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    assert not Path(os.environ["PREFECT_HOME"]).resolve().is_relative_to(root)
