@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as prefect_flow_run
 
+from flows.naming import namer
 from tasks.stages import run_stage
 from trust.config import load_params
 from trust.stages.paths import METRICS, REGISTER_DIR, STAGES, WORLD_STAGES
@@ -19,7 +20,7 @@ def pipeline_stages(uses_world: bool) -> list[str]:
     return list(WORLD_STAGES if uses_world else ()) + list(STAGES)
 
 
-@flow(name="unlearn", log_prints=True)
+@flow(name="unlearn", log_prints=True, flow_run_name=namer("unlearn"))
 def unlearn(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     root_p = Path(root).resolve()
     params = load_params(root_p / params_path, root=root_p)  # validated before any work

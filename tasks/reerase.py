@@ -15,7 +15,26 @@ from prefect.cache_policies import NONE as NO_CACHE
 from trust import reerase
 from trust.config import load_params
 
-TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry what may pass on a second try (a locked tracking store, a busy disk, a killed worker);
+    never a verdict: bad input or a tampered package (ValueError and its kin: ParamsError,
+    RegistryError, ModelLoadError), a missing file, a failed gate or a spent budget."""
+    from trust.methods.stopping import BarNotReached
+    from trust.stages.register import GateFailed
+
+    try:
+        state.result()
+    except (ValueError, FileNotFoundError, PermissionError, BarNotReached, GateFailed):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+TASK = dict(cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5,
+            retry_condition_fn=_transient)
 
 
 @task(name="resolve-production", **TASK)
