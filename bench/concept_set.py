@@ -176,18 +176,25 @@ def markdown(results: dict) -> str:
                              f"{_f(t['erased'])} | {w['name']} {w['drop']:+.2f} | {r['margin_images']:.1f} | "
                              f"{r['steps']} | {r['finetune_s']} |")
         lines.append("")
-        for m in methods:
-            rs = [r for r in rows if r["method"] == m]
-            if rs:
-                passed = sum(bool(r.get("passed")) for r in rs)
-                margins = [r.get("margin_images", -math.inf) if r.get("bar_reached") else -math.inf for r in rs]
-                med = statistics.median(margins)
-                lines.append(f"- {m}: {passed}/{len(rs)} pass ({100 * passed / len(rs):.0f}%), median margin "
-                             + (f"{med:.1f} images" if med > -math.inf else "none (the median concept fails its budget)")
-                             + ", longest fine-tuning "
-                             f"{max(r.get('finetune_s', 0) for r in rs):.0f} s (a budget failure's time includes set-up)")
+        lines += _summary(rows, methods)
         lines.append("")
+    lines += ["## whole set (tune + report)", ""] + _summary(list(results.values()), methods) + [""]
     return "\n".join(lines)
+
+
+def _summary(rows: list[dict], methods: list[str]) -> list[str]:
+    out = []
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        if rs:
+            passed = sum(bool(r.get("passed")) for r in rs)
+            margins = [r.get("margin_images", -math.inf) if r.get("bar_reached") else -math.inf for r in rs]
+            med = statistics.median(margins)
+            out.append(f"- {m}: {passed}/{len(rs)} pass ({100 * passed / len(rs):.0f}%), median margin "
+                       + (f"{med:.1f} images" if med > -math.inf else "none (the median concept fails its budget)")
+                       + ", longest fine-tuning "
+                       f"{max(r.get('finetune_s', 0) for r in rs):.0f} s (a budget failure's time includes set-up)")
+    return out
 
 
 def plot(results: dict, path: Path) -> None:
@@ -201,15 +208,26 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(14, 4))
     width = 0.8 / max(len(methods), 1)
     for j, m in enumerate(methods):
-        xs = [i + j * width for i in range(len(names))]
-        rs = [results.get(f"{n}/{m}") for n in names]
-        axes[0].bar(xs, [r["target"]["erased"] if r and r.get("bar_reached") else 1.0 for r in rs], width, label=m)
-        axes[1].bar(xs, [r["worst_keep"]["drop"] if r and r.get("bar_reached") else 1.0 for r in rs], width, label=m)
-    for ax, title in zip(axes, ("held-out target rate (bar 0.10; budget fail drawn as 1.0)", "worst kept drop (bar 0.10)")):
+        colour = f"C{j}"
+        for i, n in enumerate(names):
+            r = results.get(f"{n}/{m}")
+            if r is None:  # not run: no bar (a missing run is not a failure to draw)
+                continue
+            x = i + j * width
+            if r.get("bar_reached"):
+                axes[0].bar(x, r["target"]["erased"], width, color=colour)
+                axes[1].bar(x, r["worst_keep"]["drop"], width, color=colour)
+            else:  # budget failure: nothing measured on held-out prompts, drawn full height, hatched
+                for ax in axes:
+                    ax.bar(x, 1.0, width, color="none", edgecolor=colour, hatch="//")
+    for ax, title in zip(axes, ("held-out target rate (bar 0.10; hatched: budget fail; no bar: not run)",
+                                "worst kept drop (bar 0.10)")):
         ax.axhline(0.10, color="k", ls="--", lw=1)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=45, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+    from matplotlib.patches import Patch
+
+    axes[0].legend(handles=[Patch(color=f"C{j}", label=m) for j, m in enumerate(methods)], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

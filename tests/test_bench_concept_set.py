@@ -40,3 +40,5 @@ def test_table_counts_budget_failures(bench):
     assert "| square | single | TRUST | PASS | 1.00 -> 0.02 | shape:cross +0.04 | 3.6 | 200 | 80.3 |" in md
     assert "| cross | single | TRUST | **FAIL** (budget: bar not reached)" in md
     assert "- TRUST: 1/2 pass (50%)" in md
+    whole = md.split("## whole set")[1]  # both subsets together (here only the report one has rows)
+    assert "- TRUST: 1/2 pass (50%), median margin" in whole
