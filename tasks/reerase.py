@@ -16,7 +16,6 @@ from trust import reerase
 from trust.config import load_params
 
 
-
 def _transient(task, task_run, state) -> bool:
     """Retry what may pass on a second try (a locked tracking store, a busy disk, a killed worker);
     never a verdict: bad input or a tampered package (ValueError and its kin: ParamsError,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from trust.methods.ant_fusion.lora import token_embeddings
 from trust.methods.base import Method
 
 PROJECTIONS = {"kv": (".attn2.to_k.weight", ".attn2.to_v.weight"), "v": (".attn2.to_v.weight",)}
@@ -88,12 +89,9 @@ def erase_rows(parts, pairs: list[tuple[str, str]], positions: str) -> tuple[tor
     return torch.cat(c_rows), torch.cat(a_rows)
 
 
-@torch.no_grad()
 def preserve_rows(parts, prompts: list[str]) -> torch.Tensor:
-    if not prompts:
-        return torch.zeros(0, parts.text_encoder.config.hidden_size, dtype=torch.float64)
-    states, _ = encode(parts, prompts)
-    return states.reshape(-1, states.shape[-1])
+    """Every position's state of each preservation prompt, float64 (ANT+fusion's `all` positions)."""
+    return token_embeddings(parts, prompts, "all").double()
 
 
 def solve_edit(w_old: torch.Tensor, c: torch.Tensor, v: torch.Tensor, p: torch.Tensor, erase_scale: float,
@@ -133,9 +131,9 @@ class UceMethod(Method):
 
     # -- the edit -------------------------------------------------------------------
     def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pairs = list(dict.fromkeys(zip(self.data.prompts, self.data.anchors)))
         if len(self.data.anchors) != len(self.data.prompts):
             raise ValueError("uce/rece: the forget data carries no anchor prompts (build it with ForgetData.build)")
+        pairs = list(dict.fromkeys(zip(self.data.prompts, self.data.anchors)))
         c, a = erase_rows(self.parts, pairs, self.cfg.positions)
         keep = list(dict.fromkeys(self.keep.prompts)) if self.keep is not None else []
         return c, a, preserve_rows(self.parts, keep)
