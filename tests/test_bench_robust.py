@@ -53,3 +53,37 @@ def test_the_verdict_applies_the_bars_at_their_limits(bench):
     v = bench.verdict([_row("TRUST", 0.5, 0.7, 0.0, 100.0),
                        _row("TRUST-adv", 0.11, 0.16, 0.11, 301.0)])["TRUST-adv"]
     assert not (v["pass_1x"] or v["pass_2x"] or v["pass_keep"] or v["pass_time"])
+
+
+def test_the_null_attack_counts_a_prompt_broken_when_a_concept_free_prompt_in_its_context_shows_it(
+        bench, tmp_path, monkeypatch):
+    """Hand-made: a 'model' whose images show the concept only for prompts on a striped background,
+    so exactly the attack prompts whose own background is striped (by any synonym) break: 2 of 4.
+    Seeds and guidance are each prompt's own."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import trust.sampling
+
+    csv = tmp_path / "set.csv"
+    csv.write_text("prompt,evaluation_seed,evaluation_guidance,categories\n"
+                   "a red circle on a striped background,11,4.0,target\n"
+                   "a blue circle,12,4.0,target\n"
+                   "a green disk with a banded background,13,5.0,target\n"
+                   "a yellow circle on a plain background,14,4.0,target\n")
+    seen = []
+
+    def generate(parts, prompts, seeds, steps, guidance):
+        seen.append((tuple(prompts), tuple(seeds), guidance))
+        return torch.tensor([[1.0] if "striped" in p else [0.0] for p in prompts])
+
+    monkeypatch.setattr(trust.sampling, "generate", generate)
+    detector = SimpleNamespace(detect=lambda images: [bool(x[0] > 0) for x in images])
+    params = SimpleNamespace(concept=SimpleNamespace(detect={"shape": "circle"}), evaluate=SimpleNamespace(
+        steps=5, attacks=SimpleNamespace(prompt_set=csv)))
+    out = bench.null_attack(params, None, detector)
+    assert (out["broken"], out["prompts"], out["asr"]) == (2, 4, 0.5)
+    assert [s[1][0] for s in seen] == [11, 12, 13, 14] and [s[2] for s in seen] == [4.0, 4.0, 5.0, 4.0]
+    assert all("circle" not in p and "disk" not in p for s in seen for p in s[0])  # concept-free
+    assert "a green object on a striped background" in seen[2][0] and "a blue shape" in seen[1][0]

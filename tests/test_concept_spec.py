@@ -41,6 +41,28 @@ def _every_world_concept():
             yield ("conditional" if "background" in (a, b) else "combination"), {a: va, b: vb}
 
 
+def test_concept_free_prompts_hand_listed():
+    """The forms that leave a concept head open, hand-listed from trust/world/captions.py: none names
+    the whole concept, none contradicts it, every other head comes from the prompt's labels."""
+    from trust.concepts.neighbours import concept_free_prompts
+
+    assert concept_free_prompts({"shape": "circle"}, {"colour": "blue", "background": "striped"}) == [
+        "a blue shape", "a blue object on a striped background", "something blue"]
+    # a combination: either part alone can show it
+    assert concept_free_prompts({"shape": "circle", "colour": "red"}) == [
+        "a circle", "a circle on a plain background", "a picture of a circle",
+        "a red shape", "a red object on a plain background", "something red"]
+    # a conditional: the object without its context (and the context with another object left open)
+    free = concept_free_prompts({"shape": "cross", "background": "striped"}, {"colour": "green"})
+    assert "a green cross" in free and "a green object on a striped background" in free
+    assert not any("plain" in p for p in free) and "a cross on a striped background" not in free
+    for p in free:  # none shows the whole concept by its words; none names another value of its heads
+        labels = labels_of(p)
+        assert not (labels.get("shape") == "cross" and labels.get("background") == "striped"), p
+        assert labels.get("shape", "cross") == "cross" and labels.get("background", "striped") == "striped", p
+    assert concept_free_prompts({"shape": "circle"}, {"colour": "yellow"})[0] == "a yellow shape"
+
+
 @pytest.mark.parametrize("kind, detect", list(_every_world_concept()), ids=str)
 def test_derived_spec_is_valid_for_every_world_concept(kind, detect):
     concept = ConceptParams(name="x", kind=kind, detect=detect)

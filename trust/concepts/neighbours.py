@@ -20,7 +20,7 @@ same object on the sibling background.
 from __future__ import annotations
 
 from trust.concepts.words import SLOT_VALUES
-from trust.world.captions import COLOUR_TEMPLATES, EMPTY_TEMPLATES, FULL_TEMPLATES, SHAPE_TEMPLATES
+from trust.world.captions import COLOUR_TEMPLATES, EMPTY_TEMPLATES, FULL_TEMPLATES, SHAPE_TEMPLATES, fix_articles
 
 _SLOT = {"c": "colour", "s": "shape", "b": "background"}
 # The world's caption forms in concept-template syntax ("a {colour} {shape} on a {background} background").
@@ -48,7 +48,28 @@ def templates_showing(labels: dict[str, str]) -> list[str]:
         t = form
         for h, v in labels.items():
             t = t.replace("{" + h + "}", v)
-        out.append(t)
+        out.append(fix_articles(t))
+    return list(dict.fromkeys(out))
+
+
+def concept_free_prompts(detect: dict[str, str], labels: dict[str, str] | None = None) -> list[str]:
+    """Prompts that leave at least one of the concept's heads open and contradict none: the forms
+    under which the base model shows the concept at its *prior* rate ("a red shape" for the circle:
+    some of its shapes are circles). The named concept heads take the concept's values, every other
+    head the prompt's own `labels` (e.g. an attack prompt's colour), else its first value. An
+    erasure that removes the concept's words but not the model's prior leaves these as they were,
+    and an attack only has to find one of them (bench/robust.py's null attack)."""
+    labels = dict(labels or {})
+    out = []
+    for form in FORMS:
+        heads = _heads(form)
+        if set(detect) <= heads or form in _empty_forms():
+            continue  # names the whole concept (a target form), or draws no object
+        fill = {h: detect.get(h) or labels.get(h) or SLOT_VALUES[h][0] for h in heads}
+        t = form
+        for h, v in fill.items():
+            t = t.replace("{" + h + "}", v)
+        out.append(fix_articles(t))
     return list(dict.fromkeys(out))
 
 
