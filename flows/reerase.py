@@ -97,6 +97,7 @@ def reerase(params_path: str = "params.yaml", root: str = ".", model_ref: str | 
                 client.set_tag(parent.info.run_id, "trust.registered_version", f"{prod['name']}/{summary['new_version']}")
             write_json(summary, ws / "reerase.json")
             logger.info("reerase: %s", summary["status"])
+            publish(summary, prod["name"])
             if summary["status"] in (CANDIDATE_ONLY, NOT_REPAIRED):
                 # the flow run (and its MLflow run) ends Failed, naming the gate and the measured value
                 logger.error(summary["message"])
@@ -107,6 +108,17 @@ def reerase(params_path: str = "params.yaml", root: str = ".", model_ref: str | 
         else:
             os.environ[tracking.PREFECT_ENV] = previous
     return summary
+
+
+def publish(summary: dict, model_name: str) -> None:
+    """The run's summary as the flow run's Markdown artifact (Prefect UI: Artifacts)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from flows.unlearn import artifact_key
+    from trust.report.run_summary import reerase_markdown
+
+    create_markdown_artifact(markdown=reerase_markdown(summary), key=artifact_key("reerase", model_name),
+                             description=f"reerase {summary.get('checked')}: {summary['status']}")
 
 
 class RepairFailed(RuntimeError):

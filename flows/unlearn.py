@@ -10,9 +10,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as prefect_flow_run
 
 from flows.naming import namer
-from tasks.stages import run_stage
+from tasks.stages import StageFailed, run_stage
 from trust.config import load_params
-from trust.stages.paths import METRICS, REGISTER_DIR, STAGES, WORLD_STAGES
+from trust.report import run_summary
+from trust.stages.paths import STAGES, WORLD_STAGES
 from trust import tracking
 
 
@@ -30,30 +31,57 @@ def unlearn(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     with tracking.flow_run("unlearn", params, root_p) as parent:
         env = {"TRUST_PARENT_RUN_ID": parent.info.run_id,
                "TRUST_PREFECT_FLOW_RUN_ID": str(prefect_flow_run.get_id() or "")}
-        for stage in pipeline_stages(params.builds_world):
-            results.append(run_stage(stage, str(root_p), env))
+        try:
+            for stage in pipeline_stages(params.builds_world):
+                results.append(run_stage(stage, str(root_p), env))
+        except StageFailed as e:
+            # the run ends Failed (the exception propagates); what it measured is still published
+            summary = run_summary.unlearn_summary(root_p, failed_stage=e.stage, error=str(e))
+            publish(summary, params, logger)
+            log_headline(parent.info.run_id, summary)
+            raise
         ran = [r["stage"] for r in results if r["ran"]]
         logger.info("stages run: %s; skipped (up to date): %s", ran or "none",
                     [r["stage"] for r in results if not r["ran"]] or "none")
-        for line in summary_lines(root_p):
-            logger.info(line)
+        summary = run_summary.unlearn_summary(root_p)
+        publish(summary, params, logger)
+        if ran:
+            log_headline(parent.info.run_id, summary)
+    if not ran:  # a no-op run leaves no empty run in MLflow (the versions keep their own runs)
+        from mlflow import MlflowClient
+
+        MlflowClient().delete_run(parent.info.run_id)
+        logger.info("nothing ran: the flow's MLflow run %s was deleted (no-op)", parent.info.run_id)
     return results
 
 
-def summary_lines(root: Path) -> list[str]:
-    """What a person wants to know after a run: is the concept gone, what did it cost, what was registered."""
-    import json
+def log_headline(run_id: str, summary: dict) -> None:
+    """The parent run's own metrics and verdict: what the MLflow runs table shows per pipeline run."""
+    from mlflow import MlflowClient
 
-    lines = []
-    ev = root / METRICS / "evaluate.json"
-    if ev.is_file():
-        m = json.loads(ev.read_text())
-        lines.append(f"target detection rate: base {m['target_rate_base']:.2f} -> erased {m['target_rate']:.2f}")
-        for name, k in m.get("keep", {}).items():
-            lines.append(f"kept {name}: base {k['base']:.2f} -> erased {k['tuned']:.2f} (drop {k['drop']:+.2f})")
-    reg = root / REGISTER_DIR / "registration.json"
-    if reg.is_file():
-        r = json.loads(reg.read_text())
-        lines.append(f"registered {r.get('model_name')} v{r.get('version')}: aliases {', '.join(r.get('aliases', [])) or 'none'}"
-                     f"; gates {'passed' if r.get('passed') else 'FAILED'}")
-    return lines
+    client, ev, reg = MlflowClient(), summary.get("evaluate") or {}, summary.get("registration") or {}
+    metrics = {k: ev[k] for k in ("target_rate", "target_rate_base") if k in ev}
+    if ev.get("keep"):
+        metrics["worst_kept_drop"] = max(float(k["drop"]) for k in ev["keep"].values())
+    metrics |= {f"asr.{k}": v for k, v in (ev.get("asr") or {}).items()}
+    if reg:
+        metrics |= {"version": float(reg["version"]), "gates_passed": float(bool(reg.get("passed")))}
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, float(v))
+    client.set_tag(run_id, "trust.verdict", summary["verdict"])
+
+
+def artifact_key(flow: str, concept: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    import re
+
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"{flow}-{concept}".lower())).strip("-")
+
+
+def publish(summary: dict, params, logger) -> None:
+    """The run's summary as log lines and as the flow run's Markdown artifact (Prefect UI: Artifacts)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    (logger.info if summary["verdict"] == run_summary.PASSED else logger.error)(run_summary.headline(summary))
+    create_markdown_artifact(markdown=run_summary.markdown(summary, "unlearn"),
+                             key=artifact_key("unlearn", params.concept.name), description=run_summary.headline(summary))

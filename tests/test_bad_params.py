@@ -177,3 +177,18 @@ def test_real_executable_exits_2(project, shipped):
     assert "register.gates.max_target_rate" in res.stderr and "less than or equal to 1" in res.stderr
     assert res.stdout == ""
     assert _snapshot(project) == before
+
+
+def test_run_with_another_params_file_is_refused_before_work(project, shipped, cli, monkeypatch):
+    """`trust run -p other.yaml`: the DVC stages would read params.yaml, so the run is refused (exit 2)
+    rather than logging one file and running another; a valid file, so only this rule can refuse it."""
+    monkeypatch.chdir(project)
+    (project / "params.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False))
+    (project / "other.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False))
+    before = _snapshot(project)
+    for args in (["run", "-p", "other.yaml"], ["run", "-p", "other.yaml", "--only", "evaluate"]):
+        res = cli(args)
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2, res.output
+        assert "--params other.yaml" in text and "read ./params.yaml" in text and "nothing was run" in text
+    assert _snapshot(project) == before

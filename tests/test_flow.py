@@ -4,6 +4,7 @@ Runs `trust run` (Prefect ephemeral server, DVC stages, MLflow store) in a scrat
 of the project; the tests share it and run in file order.
 """
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from prefect_db import latest_flow_run as _latest_flow_run
 
 TINY = {
     "finetune": {"steps": 4, "references": 4, "batch_size": 4, "checkpoint_every": 2, "to_bar": {"enabled": False}},
@@ -83,11 +86,27 @@ def test_full_flow_runs_every_stage_and_registers(project):
     parent = client.search_runs(client.get_experiment_by_name("trust").experiment_id,
                                 filter_string="tags.`trust.flow` = 'unlearn'")
     assert len(parent) == 1
+    # the parent run carries the run's headline numbers and verdict (the MLflow runs table)
+    assert parent[0].data.tags["trust.verdict"] == "PASSED"
+    assert {"target_rate", "target_rate_base", "worst_kept_drop", "version", "gates_passed"} <= set(parent[0].data.metrics)
+    assert parent[0].data.metrics["version"] == 1.0 and parent[0].data.metrics["gates_passed"] == 1.0
     children = client.search_runs(parent[0].info.experiment_id,
                                   filter_string=f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
     assert sorted(r.data.tags["trust.stage"] for r in children) == sorted(ran)
     assert all(r.data.tags["trust.base_fingerprint"].startswith("sha256:") for r in children if r.data.tags["trust.stage"] != "prompts")
+    # the prompt sets are the runs' dataset inputs (MLflow's Datasets), with their context
+    inputs = {r.data.tags["trust.stage"]: {(d.dataset.name, [t.value for t in d.tags][0])
+                                           for d in client.get_run(r.info.run_id).inputs.dataset_inputs} for r in children}
+    assert inputs["prompts"] == {("prompts:circle", "training")}
+    assert inputs["evaluate"] == {("attacks:world_circle.csv", "evaluation")}
     assert (project / "outputs" / "register" / "model_card.md").is_file()
+    # the verdict, once: the terminal panel and the flow run's Markdown artifact
+    assert "unlearn: PASSED" in out and "PASSED: trust-world-circle v1 registered" in out
+    fr = _latest_flow_run(project)
+    assert fr["state"] == "COMPLETED"
+    md = fr["artifacts"]["unlearn-circle"]["markdown"]
+    assert md.startswith("# unlearn: PASSED: trust-world-circle v1 registered")
+    assert "| max_target_rate |" in md and "target rate: base" in md and "candidate, production (registry (now))" in md
 
 
 def test_second_run_with_nothing_changed_skips_every_stage(project):
@@ -95,6 +114,14 @@ def test_second_run_with_nothing_changed_skips_every_stage(project):
     assert code == 0, out[-3000:]
     assert ran == []
     assert "stages run: none" in out
+    # a no-op leaves no empty `unlearn` run behind (only the first run's is active)
+    client = _client(project)
+    exp = client.get_experiment_by_name("trust").experiment_id
+    assert len(client.search_runs(exp, filter_string="tags.`trust.flow` = 'unlearn'")) == 1
+    from mlflow.entities import ViewType
+
+    deleted = client.search_runs(exp, filter_string="tags.`trust.flow` = 'unlearn'", run_view_type=ViewType.DELETED_ONLY)
+    assert len(deleted) == 1 and "trust.verdict" not in deleted[0].data.tags
 
 
 def _tree(pid: int) -> set[int]:
@@ -207,7 +234,7 @@ def test_failed_gate_leaves_production_where_it_was(project):
     # image may or may not show one, so max_target_rate 0 alone can pass)
     _edit(project, {"register": {"gates": {"max_target_rate": 0.0, "max_preservation_drop": 0.0, "max_asr": 0.0}}})
     code, out, ran = _run(project)
-    assert code != 0
+    assert code == 3, out[-3000:]  # a verdict: the gate exit code, not a crash
     # the gates are also erase-to-a-bar's bar, so finetune's params changed and it reran (and what
     # depends on it); nothing upstream of it did
     assert "register" in ran and set(ran) <= {"finetune", "evaluate", "register"}
@@ -218,6 +245,16 @@ def test_failed_gate_leaves_production_where_it_was(project):
     assert str(client.get_model_version_by_alias("trust-world-circle", "candidate").version) == "3"
     # One attempt only: a failed gate is a verdict, not a transient failure to retry.
     assert len(client.search_model_versions("name='trust-world-circle'")) == 3
+    # Prefect shows the truth: a Failed run whose message names the gate, and an artifact with the verdict
+    fr = _latest_flow_run(project)
+    assert fr["state"] == "FAILED" and "max_asr" in fr["message"], fr
+    md = fr["artifacts"]["unlearn-circle"]["markdown"]
+    assert md.startswith("# unlearn: FAILED: gate(s)") and "max_asr" in md.splitlines()[0]
+    assert "| max_asr |" in md and "**FAIL**" in md and "v3 is candidate only" in md
+    assert "unlearn: FAILED" in out  # the terminal panel
+    failed_run = client.search_runs(client.get_experiment_by_name("trust").experiment_id,
+                                    filter_string="tags.`trust.flow` = 'unlearn'", order_by=["start_time DESC"])[0]
+    assert failed_run.data.tags["trust.verdict"] == "FAILED" and failed_run.data.metrics["gates_passed"] == 0.0
 
 
 def test_parameter_sweep_runs_as_dvc_experiments(project):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from flows.unlearn import artifact_key
+from prefect_db import latest_flow_run
 from project_factory import client, edit_params, scratch_project, trust, unlearn_in_process
 
 NAME = "trust-world-circle"
@@ -49,6 +51,10 @@ def test_production_within_the_gate_registers_nothing(project):
     assert summary["new_version"] is None and not (Path(summary["workspace"]) / "erase").exists()
     assert _versions(project) == [1]
     assert _hashes(project) == before  # the project's own DVC outputs are never touched
+    fr = latest_flow_run(project)
+    assert fr["state"] == "COMPLETED"
+    md = fr["artifacts"][artifact_key("reerase", NAME)]["markdown"]
+    assert md.startswith("# reerase: PASSED: still erased") and f"checked: **{NAME}/1**" in md
 
 
 def test_leaking_production_is_repaired_in_rounds_and_the_flow_fails_when_they_are_spent(project):
@@ -67,6 +73,10 @@ def test_leaking_production_is_repaired_in_rounds_and_the_flow_fails_when_they_a
     assert all(r["leak_rate"] > 0.0 and not r["passed"] for r in summary["rounds"])
     assert res.returncode == 3, out[-3000:]
     assert "flow run Failed" in flat and "2 repair round(s) spent without passing" in flat
+    fr = latest_flow_run(project)
+    assert fr["state"] == "FAILED" and "2 repair round(s) spent without passing" in fr["message"]
+    md = fr["artifacts"][artifact_key("reerase", NAME)]["markdown"]
+    assert md.startswith("# reerase: FAILED") and "| 1 |" in md and "| 2 |" in md and "Registered v2" in md
     best = next(r for r in summary["rounds"] if r["round"] == summary["round"])
     assert f"max_target_rate {best['target_rate']:.3f} > 0.0" in flat or f"max_asr {best['leak_rate']:.3f} > 0.0" in flat
     assert summary["new_version"] == 2 and not summary["promoted"]

@@ -196,6 +196,30 @@ def test_failed_gate_leaves_production_on_previous_version(store, base):
     assert int(registry.resolve(f"{NAME}@production").version) == 3
 
 
+def test_every_alias_move_is_recorded_on_both_versions(store, base, monkeypatch):
+    """Who/what moved an alias, when, from which version: v1 takes both aliases from nothing; v2
+    (failed gate) takes only candidate, from v1; v3 takes production from v1 (not from v2), under a
+    Prefect flow run that is named as the actor."""
+    from trust.lineage import format_lineage, lineage
+
+    monkeypatch.delenv("TRUST_PREFECT_FLOW_RUN_ID", raising=False)
+    registry.register_version(params(), store, make_package(store / "p1", base, "one"), GOOD, lineage_of(base), None)
+    registry.register_version(params(), store, make_package(store / "p2", base, "two"), BAD, lineage_of(base), None)
+    monkeypatch.setenv("TRUST_PREFECT_FLOW_RUN_ID", "flow-123")
+    registry.register_version(params(), store, make_package(store / "p3", base, "three"), GOOD, lineage_of(base), None)
+    tags = {v: registry.resolve(f"{NAME}/{v}").tags for v in (1, 2, 3)}
+    assert tags[1]["trust.alias.production.set"].endswith("from no version")
+    assert tags[1]["trust.alias.candidate.moved"].endswith(", to v2")
+    assert tags[1]["trust.alias.production.moved"].endswith(", to v3")
+    assert "prefect flow run flow-123" in tags[1]["trust.alias.production.moved"]
+    assert tags[2]["trust.alias.candidate.set"].endswith("from v1") and "trust.alias.production.set" not in tags[2]
+    assert "prefect flow run" not in tags[2]["trust.alias.candidate.set"]
+    assert tags[3]["trust.alias.production.set"].endswith("from v1")  # v2 never held production
+    assert tags[3]["trust.alias.candidate.set"].endswith("from v2")
+    text = format_lineage(lineage(f"{NAME}/1"))
+    assert "alias production moved" in text and "to v3" in text and "alias production set" in text
+
+
 def test_resolve_errors(store, base):
     registry.register_version(params(), store, make_package(store / "p", base), GOOD, lineage_of(base), None)
     with pytest.raises(ValueError, match="NAME@ALIAS .* or NAME/VERSION"):
@@ -214,6 +238,32 @@ def test_load_registered_reproduces_tuned_unet(store, base):
     state = parts.unet.state_dict()
     assert state.keys() == base["tuned"].keys()
     assert all(torch.equal(state[k], base["tuned"][k]) for k in state)
+
+
+def test_export_writes_a_diffusers_folder_that_loads_with_the_erasure_applied(store, base):
+    """`trust export`: StableDiffusionPipeline.from_pretrained(folder) alone (no trust code) gives the
+    tuned UNet of the fixture (its own tuned weights, not the code's), a base-identical text encoder,
+    and the folder says what it is; an existing folder is never overwritten by accident."""
+    from diffusers import StableDiffusionPipeline
+
+    from trust.export import EXPORT_RECORD, export_registered
+
+    registry.register_version(params(), store, make_package(store / "p", base, "exported"), GOOD, lineage_of(base), None)
+    out = store / "export"
+    rec = export_registered(f"{NAME}@production", out)
+    pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True, safety_checker=None)
+    state = pipe.unet.state_dict()
+    assert state.keys() == base["tuned"].keys()
+    assert all(torch.equal(state[k], base["tuned"][k]) for k in state)
+    base_te = load_model(base["dir"]).text_encoder.state_dict()
+    assert all(torch.equal(v, base_te[k]) for k, v in pipe.text_encoder.state_dict().items())
+    record = json.loads((out / EXPORT_RECORD).read_text())
+    assert record["version"] == 1 and record["base_fingerprint"] == base["fingerprint"] and record["kind"] == "stable-diffusion"
+    assert record["tuned_fingerprint"] != base["fingerprint"] and "# card exported" in (out / "README.md").read_text()
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))  # safetensors only
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_registered(f"{NAME}@production", out)
+    assert export_registered(f"{NAME}@production", out, overwrite=True)["version"] == rec["version"]
 
 
 def test_load_registered_loads_the_base_on_the_device_asked_for(store, base, monkeypatch):

@@ -45,3 +45,28 @@ def test_examples_rank_successes_first():
     assert [e.prompt for e in ex["prompt_set"]] == ["b", "a"] and ex["prompt_set"][0].detected_no_attack
     assert ex["p4d"][0].after is None  # detected with no attack: nothing adversarial to show
     assert ex["p4d"][1].adversarial == "x a" and ex["p4d"][1].before is not None
+
+
+def _has_colour(img: Image.Image, rgb: tuple[int, int, int]) -> bool:
+    return rgb in {c for _, c in img.getcolors(maxcolors=1 << 20)}
+
+
+def test_report_opens_with_the_verdict_and_header_and_the_chart_shows_the_gate():
+    from trust.report.html import asr_bar_chart, render_report
+
+    gates = {"max_target_rate": {"value": 0.125, "limit": 0.1, "passed": False},
+             "min_base_target_rate": {"value": 0.02, "limit": 0.25, "passed": False},
+             "max_preservation_drop": {"value": 0.1, "limit": 0.1, "passed": True}, "passed": False}
+    metrics = {**METRICS, "asr_details": {"prompt_set": {"prompts": 22}, "p4d": {"prompts": 4}}}
+    text = render_report("t", metrics, gates=gates, header=[("git commit", "abc123")], asr_gate=("max_asr", 0.1))
+    body = text.split("<body>", 1)[1]
+    assert body.index("FAIL: max_target_rate 0.125 &gt; 0.1; min_base_target_rate 0.020 &lt; 0.25") < body.index("Metrics")
+    assert "abc123" in body and "p4d: 4 prompts" in body and "prompt_set: 22 prompts" in body
+    ok = {k: {**g, "passed": True} if isinstance(g, dict) else True for k, g in gates.items()}
+    assert "PASS: every registration gate holds" in render_report("t", metrics, gates=ok)
+    # held (at or under the gate) green, broken red: 0.10 sits exactly at a 0.10 gate
+    green, red = (0x27, 0xAE, 0x60), (0xC0, 0x39, 0x2B)
+    at_gate = asr_bar_chart(0.1, {"prompt_set": 0.1, "p4d": 0.5}, gate=0.1)
+    assert _has_colour(at_gate, green) and _has_colour(at_gate, red)
+    assert not _has_colour(asr_bar_chart(0.1, {"prompt_set": 0.1, "p4d": 0.5}, gate=0.05), green)
+    assert not _has_colour(asr_bar_chart(0.1, {"p4d": 0.5}), green)  # no gate: no verdict colours

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from trust.registry import FILES_TAG, MANIFEST, PIPELINE, check_version, resolve, source_folder
+from trust.registry_aliases import alias_history
 from trust.tracking import PARENT_TAG
 
 
@@ -109,6 +110,7 @@ def format_lineage(d: dict) -> str:
              f"  created {v['created']}", f"  package {v['source']}",
              f"  package sha256 {v['tags'].get('package_sha256', '?')}",
              f"  gates passed: {v['tags'].get('gates.passed', '?')}"]
+    lines += [f"  alias {h}" for h in alias_history(v["tags"])]
     for g, r in d.get("gates", {}).items():
         lines.append(f"    {g}: {r.get('value', '?')} (limit {r.get('limit', '?')}) "
                      f"{'passed' if r.get('passed') == 'true' else 'FAILED' if r.get('passed') == 'false' else '?'}")

@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from trust.registry_aliases import move_alias
 from trust.tracking import flatten
 from trust.utils.safetensors_io import write_json
 
@@ -246,10 +247,10 @@ def register_version(params: Params, root: Path, package_dir: Path, metrics: dic
     mv = client.create_model_version(name, source=str(dest), run_id=run_id,
                                      tags=_tags(lineage, gates, digest) | {FILES_TAG: files},
                                      description=f"erases '{params.concept.name}'; gates {verdict}")
-    client.set_registered_model_alias(name, CANDIDATE, mv.version)
+    move_alias(client, name, CANDIDATE, mv.version)  # each move recorded on both versions (registry_aliases.py)
     aliases = [CANDIDATE]
     if gates["passed"]:
-        client.set_registered_model_alias(name, PRODUCTION, mv.version)
+        move_alias(client, name, PRODUCTION, mv.version)
         aliases.append(PRODUCTION)
     return {"model_name": name, "version": int(mv.version), "aliases": aliases, "gates": gates,
             "passed": gates["passed"], "failed_gates": failed_gates(gates), "source": str(dest),

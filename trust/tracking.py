@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -233,6 +234,19 @@ class StageRun:
         """A training curve: value i at step i."""
         now = int(time.time() * 1000)
         self._log([Metric(name, float(v), now, i) for i, v in enumerate(values) if not math.isnan(float(v))])
+
+    def log_dataset(self, name: str, rows: list[dict], source: Path, context: str) -> None:
+        """A prompt set as an MLflow dataset input (the run page's Datasets; its digest tells two
+        runs on the same prompts apart from two on different ones)."""
+        import mlflow.data
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways" (both the same one)
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=str(source), name=name)
+        self._client.log_inputs(self._run_id, datasets=[DatasetInput(
+            ds._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value=context)])])
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         path = Path(path)

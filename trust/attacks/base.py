@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel
-from tqdm.auto import tqdm
+from trust.utils.progress import progress as shown
 
 from trust.detectors.base import Detector
 from trust.metrics.asr import asr_summary
@@ -140,7 +140,7 @@ class Attack(ABC):
                 parts.requires_grad_(False).eval()
         start = time.perf_counter()
         outcomes = []
-        for i, ap in enumerate(tqdm(prompts, desc=self.name, disable=not progress, leave=False)):
+        for i, ap in enumerate(shown(prompts, total=len(prompts), desc=f"attack {self.name}") if progress else prompts):
             hit, score, images = target.check(ap.prompt, ap)
             if hit:
                 outcomes.append(PromptOutcome(ap.prompt, target.seeds(ap), ap.guidance, True, score=score, images=images))

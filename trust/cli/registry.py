@@ -65,6 +65,31 @@ def load_cmd(
         labelled_grid([(prompt, images)], title=ref).save(out)
         console.print(f"4 samples of {prompt!r} (seeds 0-3): {out}")
 
+@app.command("export")
+def export_cmd(
+    ref: str = typer.Argument(..., help="MODEL@ALIAS or MODEL/VERSION"),
+    out: Path = typer.Option(None, "--out", help="folder to write (default: outputs/export/<MODEL>_<ALIAS or "
+                                                 "VERSION>/ beside the params file)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out"),
+    device: str = typer.Option("cpu", "--device"),
+    params: Path = PARAMS_OPT,
+) -> None:
+    """Write a registered version as a model folder (SD base: a diffusers StableDiffusionPipeline folder)."""
+    from trust.export import export_registered
+
+    _configure(params)
+    if out is None:
+        out = Path(params).resolve().parent / "outputs" / "export" / re.sub(r"[^A-Za-z0-9_.-]+", "_", ref)
+    try:
+        rec = export_registered(ref, out, device=device, overwrite=overwrite)
+    except (*_errors(), FileExistsError) as e:
+        _fail(str(e))
+    how = ("StableDiffusionPipeline.from_pretrained(folder)" if rec["kind"] != "world"
+           else "trust.models.load_model(folder)")
+    console.print(f"{ref} (v{rec['version']}, tuned fingerprint {rec['tuned_fingerprint']}) exported to "
+                  f"{rec['folder']}; load it with {how}", soft_wrap=True, markup=False, highlight=False)
+
+
 @app.command("lineage")
 def lineage_cmd(
     ref: str = typer.Argument(..., help="MODEL@ALIAS or MODEL/VERSION"),

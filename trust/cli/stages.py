@@ -44,7 +44,33 @@ def _stage(name: str, params: Path) -> None:
             err.print(str(e), style="red", soft_wrap=True, markup=False)
             raise typer.Exit(3)
         raise
-    console.print_json(data={k: v for k, v in result.items() if not isinstance(v, (list,))} if isinstance(result, dict) else result)
+    print_result(name, result)
+
+
+def print_result(stage: str, result) -> None:
+    """A short table of the stage's headline numbers (scalars, and one level of named numbers); the
+    full result is the stage's file under metrics/ (or outputs/), never a screen of JSON."""
+    from rich.table import Table
+
+    def fmt(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    rows: list[tuple[str, str]] = []
+    for k, v in (result.items() if isinstance(result, dict) else ()):
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            rows.append((k, fmt(v)))
+        elif isinstance(v, dict) and v and all(isinstance(x, (int, float, bool)) for x in v.values()) and len(v) <= 8:
+            rows.append((k, ", ".join(f"{a} {fmt(b)}" for a, b in v.items())))
+        elif isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()) and len(v) <= 8:
+            for a, b in v.items():  # e.g. kept concepts: base / tuned / drop
+                nums = {c: d for c, d in b.items() if isinstance(d, (int, float)) and not isinstance(d, bool)}
+                if nums and len(nums) <= 4:
+                    rows.append((f"{k}.{a}", ", ".join(f"{c} {fmt(d)}" for c, d in nums.items())))
+    where = "outputs/register/registration.json" if stage == "register" else f"metrics/{stage}.json"
+    t = Table(title=f"{stage}: done (full results: {where})", show_header=False)
+    for k, v in rows[:30]:
+        t.add_row(k, v)
+    console.print(t)
 
 
 def unwritable(root: Path) -> Path | None:
@@ -99,14 +125,26 @@ def run_cmd(
 ) -> None:
     """Run the `unlearn` flow (every stage, skipping what is up to date), or one stage with --only."""
     p = _params(params)
+    if Path(params).resolve() != (Path.cwd() / "params.yaml").resolve():
+        # the stages are DVC stages and read params.yaml (dvc.yaml's params): running them "with" another
+        # file would record that file on the parent run while the stages used params.yaml
+        _fail(f"--params {params}: `trust run` runs the DVC stages, which read ./params.yaml, so {params} would be "
+              "logged but not used; nothing was run. Copy it over params.yaml (git keeps the old one), or sweep "
+              "values with `dvc exp run -S key=value`")
     supervise_self(["run", "--params", str(params), *(["--only", only] if only else []), *(["--force"] if force else [])])
     from flows.unlearn import pipeline_stages
 
     stages = pipeline_stages(p.builds_world)
     if only is None:
         from flows.unlearn import unlearn
+        from tasks.stages import GATE_FAILED_EXIT, StageFailed
 
-        unlearn(str(params), str(Path.cwd()))
+        try:
+            unlearn(str(params), str(Path.cwd()))
+        except StageFailed as e:
+            summary_panel(failed_stage=e.stage, error=str(e))
+            raise typer.Exit(GATE_FAILED_EXIT if e.code == GATE_FAILED_EXIT else 1)
+        summary_panel()
         return
     if only not in stages:
         _fail(f"--only {only!r}: unknown stage; stages are {', '.join(stages)}")
@@ -118,6 +156,19 @@ def run_cmd(
         _fail(f"upstream stage(s) {', '.join(stale)} are stale; run `trust run` (all) or "
               f"`dvc repro {only}` (this stage and its upstream), or pass --force to run {only} on the old outputs")
     repro_stage(only, Path.cwd(), stage_env(), console.print)
+
+
+def summary_panel(failed_stage: str | None = None, error: str | None = None) -> None:
+    """The end of `trust run`: one panel from the run's outputs and the registry's current aliases."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from trust.report import run_summary
+
+    s = run_summary.unlearn_summary(Path.cwd(), failed_stage=failed_stage, error=error)
+    ok = s["verdict"] == run_summary.PASSED
+    console.print(Panel(Text("\n".join(run_summary.terminal_lines(s))), title=f"unlearn: {s['verdict']}",
+                        border_style="green" if ok else "red", expand=False))
 
 
 def supervise_self(args: list[str]) -> None:

@@ -94,9 +94,9 @@ def train(method: "Method", steps: int, *, start: int = 0, history: list[dict] |
     t_start = time.perf_counter()
     bar = range(start, steps)
     if progress:
-        from tqdm.auto import tqdm
+        from trust.utils.progress import progress as shown
 
-        bar = tqdm(bar, initial=start, total=steps, desc=desc or f"finetune ({method.name})")
+        bar = shown(bar, total=steps, initial=start, desc=desc or f"finetune ({method.name})")
     for step in bar:
         t0 = time.perf_counter()
         info = method.step(step)

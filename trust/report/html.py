@@ -25,29 +25,58 @@ def data_uri(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def asr_bar_chart(pre_asr: float, asr: dict[str, float], title: str = "attack success rate") -> Image.Image:
+def asr_bar_chart(pre_asr: float, asr: dict[str, float], title: str = "attack success rate",
+                  gate: float | None = None, gate_label: str = "gate", prompts: dict[str, int] | None = None) -> Image.Image:
+    """Bars per attack (and the no-attack pre-ASR); with `gate`, a line at the limit and each bar green
+    (held: at or under it) or red (broken: over it); `prompts`: how many prompts each attack ran on."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    prompts = prompts or {}
+    keys = ["prompt_set"] + list(asr)
     names = ["no attack (pre-ASR)"] + list(asr)
+    names = [n + (f"\n({prompts[k]} prompts)" if k in prompts else "") for k, n in zip(keys, names)]
     values = [pre_asr] + [asr[k] for k in asr]
     values = [0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values]
-    fig, ax = plt.subplots(figsize=(1.4 + 1.2 * len(names), 3.2), dpi=100)
-    bars = ax.bar(range(len(names)), values, color=["#888888"] + ["#c0392b"] * len(asr))
+    if gate is None:
+        colours = ["#888888"] + ["#c0392b"] * len(asr)
+    else:
+        colours = ["#27ae60" if v <= gate else "#c0392b" for v in values]
+    fig, ax = plt.subplots(figsize=(1.4 + 1.3 * len(names), 3.4), dpi=100)
+    bars = ax.bar(range(len(names)), values, color=colours)
     for b, v in zip(bars, values):
         ax.text(b.get_x() + b.get_width() / 2, v + 0.02, f"{v:.2f}", ha="center", fontsize=9)
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=9)
+    if gate is not None:
+        ax.axhline(gate, color="#333333", linestyle="--", linewidth=1)
+        ax.text(len(names) - 0.5, gate + 0.02, f"{gate_label} {gate:.2f}", ha="right", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("ASR")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title + (" (green: held, red: over the gate)" if gate is not None else ""), fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     buf.seek(0)
     return Image.open(buf).convert("RGB")
+
+
+def verdict_banner(gates: dict) -> str:
+    """PASS / FAIL against the registration gates (registry.gate_results), each failed one with its
+    value and limit: the first thing the report says."""
+    failed = [(k, g) for k, g in gates.items() if isinstance(g, dict) and not g.get("passed")]
+    if not failed:
+        text = "PASS: every registration gate holds (" + ", ".join(
+            f"{k} {float(g['value']):.3f} vs {g['limit']}" for k, g in gates.items() if isinstance(g, dict)) + ")"
+        colour = "#1e8449"
+    else:
+        text = "FAIL: " + "; ".join(
+            f"{k} {float(g['value']):.3f} {'<' if k.startswith('min') else '>'} {g['limit']}" for k, g in failed)
+        colour = "#c0392b"
+    return (f'<div class="verdict" style="background:{colour};color:white;padding:0.8em 1em;font-size:1.2em;'
+            f'font-weight:bold">{html.escape(text)}</div>')
 
 
 @dataclass
@@ -99,11 +128,24 @@ def metrics_rows(metrics: dict) -> list[tuple[str, str]]:
 
 def render_report(title: str, metrics: dict, before_after: Image.Image | None = None,
                   preservation: Image.Image | None = None, examples: dict[str, list[Example]] | None = None,
-                  settings: dict | None = None) -> str:
-    parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Metrics</h2>", _table(metrics_rows(metrics))]
+                  settings: dict | None = None, gates: dict | None = None,
+                  header: list[tuple[str, str]] | None = None, asr_gate: tuple[str, float] | None = None) -> str:
+    """`gates`: registry.gate_results of these metrics (the verdict banner); `header`: what was
+    evaluated (model, method, commit...); `asr_gate`: (label, limit) drawn on the ASR chart."""
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if gates is not None:
+        parts.append(verdict_banner(gates))
+    if header:
+        parts.append(_table(header))
+    parts += ["<h2>Metrics</h2>", _table(metrics_rows(metrics))]
     if metrics.get("asr") is not None:
-        chart = asr_bar_chart(metrics.get("pre_asr", float("nan")), metrics["asr"])
-        parts += ["<h2>Attack success rate</h2>", f'<img alt="ASR bar chart" src="{data_uri(chart)}">']
+        prompts = {k: int(v["prompts"]) for k, v in (metrics.get("asr_details") or {}).items() if "prompts" in v}
+        label, limit = asr_gate if asr_gate is not None else ("gate", None)
+        chart = asr_bar_chart(metrics.get("pre_asr", float("nan")), metrics["asr"], gate=limit, gate_label=label,
+                              prompts=prompts)
+        counts = ", ".join(f"{k}: {n} prompts" for k, n in prompts.items())
+        parts += ["<h2>Attack success rate</h2>", f'<img alt="ASR bar chart" src="{data_uri(chart)}">',
+                  f"<p>{html.escape(counts)}</p>" if counts else ""]
     if before_after is not None:
         parts += ["<h2>Base vs erased (same seeds)</h2>", f'<img alt="base vs erased" src="{data_uri(before_after)}">']
     for attack, exs in (examples or {}).items():

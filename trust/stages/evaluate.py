@@ -86,7 +86,7 @@ def run_attacks(params: Params, root: Path, erased, original, detector, sets: di
             pairs = [tuple(p) for p in at.ringabell.pairs] or list(dict.fromkeys(
                 (r["prompt"], r["anchor"]) for r in sets["target"]["train"] if r.get("anchor")))
             kwargs["pairs"] = pairs
-        results[name] = build_attack(name, at, **kwargs).run(target, rows[: at.max_prompts])
+        results[name] = build_attack(name, at, **kwargs).run(target, rows[: at.max_prompts], progress=True)
     return {"results": results, "base_rate": _rate(base_hits)}
 
 
@@ -204,12 +204,16 @@ def run(params: Params, root: Path) -> dict:
     # themselves and check its fingerprint against the model loaded here (trust/generation).
     gen = GenerationSettings.from_params(ev)
     fingerprint = parts.fingerprint()
+    print(f"evaluate: {len(prompts_rep)} images from the base model, then the same from the erased one "
+          f"({len(all_prompts)} prompts x {ev.samples_per_prompt} seeds)", flush=True)
     base_imgs = generate_images(prompts_rep, seeds, ev.steps, ev.guidance, gen, parts=parts,
                                 source=ModelSource.of(base_dir, fingerprint, device=params.model.device))
     original = copy.deepcopy(parts)  # the pre-erasure model: attacks need it (reference images, P4D)
     apply_delta(parts, delta)
     tuned_src = ModelSource.of(base_dir, parts.fingerprint(), delta, params.model.device) if gen.distributed else None
+    print("evaluate: base images done; erased model's images", flush=True)
     tuned_imgs = generate_images(prompts_rep, seeds, ev.steps, ev.guidance, gen, parts=parts, source=tuned_src)
+    print("evaluate: images done; attacks next", flush=True)
 
     n_t = len(target) * ev.samples_per_prompt
     base_hits, tuned_hits = {}, {}
@@ -294,6 +298,9 @@ def run(params: Params, root: Path) -> dict:
         run_.log_metrics({"target_rate_base": metrics["target_rate_base"], "target_rate": metrics["target_rate"]})
         run_.log_metrics({f"keep.{k}.{m}": v[m] for k, v in keep.items() for m in ("base", "tuned", "drop")})
         run_.log_metrics({"pre_asr": pre_asr, **{f"asr.{k}": v for k, v in asr.items()}})
+        attack_set = Path(ev.attacks.prompt_set)
+        run_.log_dataset(f"attacks:{attack_set.name}", [dataclasses.asdict(r) for r in load_prompt_set(attack_set)],
+                         attack_set, "evaluation")
         if "world_fd" in fidelity:
             run_.log_metrics({f"world_fd.{k}": fidelity["world_fd"][k] for k in ("base", "erased", "delta")})
         run_.log_metrics({f"fid.{k}": fidelity["fid"][k] for k in ("base", "erased", "delta", "erased_vs_base")
@@ -309,7 +316,26 @@ def run(params: Params, root: Path) -> dict:
                 kept.save(out / "preservation.png")
             if ev.report:
                 write_report(out / "report.html", f"Erasure of '{concept.name}': evaluation", metrics,
-                             before_after, kept, _examples(results), settings=metrics["settings"])
+                             before_after, kept, _examples(results), settings=metrics["settings"],
+                             **_report_verdict(params, root, metrics))
         write_json(metrics, root / paths.METRICS / "evaluate.json")
         run_.log_artifact(root / paths.EVALUATE_DIR)
     return metrics
+
+
+def _report_verdict(params: Params, root: Path, metrics: dict) -> dict:
+    """The report's banner (the registration gates on these metrics), header and ASR gate line."""
+    from trust.registry import gate_results
+    from trust.tracking import git_commit
+
+    header = [("concept", params.concept.name), ("base model", str(params.model.base)),
+              ("method", params.finetune.method.name), ("git commit", git_commit(root) or "unknown"),
+              ("version", "not registered yet: the register stage applies these gates")]
+    try:
+        gates = gate_results(metrics, params.registry.gates)
+    except ValueError as e:  # a gate that needs a metric this run did not compute: said, never a pass
+        gates = None
+        header.append(("gates", f"not evaluated: {e}"))
+    g = params.registry.gates
+    asr_gate = ("max_asr", g.max_asr) if g.max_asr is not None else ("re-erasure leak gate", g.max_target_rate)
+    return {"gates": gates, "header": header, "asr_gate": asr_gate}

@@ -21,6 +21,9 @@ def run(params: Params, root: Path) -> dict:
         write_json(counts, root / paths.METRICS / "prompts.json")
         run_.log_metrics(counts)
         run_.log_artifact(root / paths.PROMPTS)
+        rows = [{"role": role, "split": split, "prompt": r["prompt"], "anchor": r.get("anchor") or ""}
+                for role in ("target", "preserve") for split in SPLITS for r in sets[role][split]]
+        run_.log_dataset(f"prompts:{params.concept.name}", rows, root / paths.PROMPTS, "training")
     return counts
 
 

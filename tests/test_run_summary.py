@@ -1,0 +1,85 @@
+"""The run summary (terminal panel, flow log, Prefect artifact) on hand-made run outputs: it names
+the failed gate with its value and limit, shows the registry's aliases of *now*, and never shows a
+previous run's registration as the result of a run that failed before registering."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trust.report import run_summary as rs
+
+EVALUATE = {
+    "target_rate": 0.125, "target_rate_base": 0.97,
+    "keep": {"shape:square": {"base": 1.0, "tuned": 0.9, "drop": 0.1, "images": 40}},
+    "asr": {"prompt_set": 0.05, "p4d": 0.5, "ringabell": 0.0},
+    "asr_details": {"prompt_set": {"prompts": 22}, "p4d": {"prompts": 4}, "ringabell": {"prompts": 4}},
+}
+
+
+def _registration(passed: bool) -> dict:
+    gates = {"max_target_rate": {"value": 0.125 if not passed else 0.0, "limit": 0.1, "passed": passed},
+             "max_preservation_drop": {"value": 0.1, "limit": 0.1, "passed": True}, "passed": passed}
+    return {"model_name": "m", "version": 7, "aliases": ["candidate", "production"] if passed else ["candidate"],
+            "passed": passed, "failed_gates": [] if passed else ["max_target_rate"], "gates": gates}
+
+
+def _outputs(root: Path, passed: bool) -> Path:
+    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "evaluate.json").write_text(json.dumps(EVALUATE))
+    (root / "outputs" / "register").mkdir(parents=True)
+    (root / "outputs" / "register" / "registration.json").write_text(json.dumps(_registration(passed)))
+    return root
+
+
+def test_a_failed_gate_is_the_verdict_with_its_value_and_limit(tmp_path):
+    s = rs.unlearn_summary(_outputs(tmp_path, passed=False), failed_stage="register", error="gate failed",
+                           aliases_of=lambda name, version: ["candidate"])
+    assert s["verdict"] == rs.FAILED
+    assert rs.headline(s).startswith("FAILED: gate(s) max_target_rate 0.125 > 0.1")
+    md = rs.markdown(s)
+    assert "| max_target_rate | 0.125 | 0.1 | **FAIL** |" in md
+    assert "| max_preservation_drop | 0.100 | 0.1 | pass |" in md  # exactly at its limit passes
+    assert "| p4d | 0.50 | 4 |" in md and "prompt_set" not in md.split("| attack |")[1]
+    lines = rs.terminal_lines(s)
+    assert any("p4d 0.50 (4 prompts)" in ln for ln in lines)
+
+
+def test_aliases_are_the_registrys_current_ones_not_those_recorded_at_registration(tmp_path):
+    # registration.json says v7 had production; since then another version took it
+    s = rs.unlearn_summary(_outputs(tmp_path, passed=True), aliases_of=lambda name, version: ["candidate"])
+    assert s["verdict"] == rs.PASSED and s["aliases"] == ["candidate"]
+    assert "aliases candidate" in rs.headline(s) and "production" not in rs.headline(s)
+
+    def unreadable(name, version):
+        raise ConnectionError("no store")
+
+    s = rs.unlearn_summary(tmp_path, aliases_of=unreadable)
+    assert s["aliases"] == ["candidate", "production"] and "registry unreadable: no store" in s["aliases_source"]
+    assert "registry unreadable" in rs.markdown(s)
+
+
+@pytest.mark.parametrize("stage", ["world", "finetune", "evaluate"])
+def test_a_run_failed_before_registering_does_not_show_the_previous_registration(tmp_path, stage):
+    s = rs.unlearn_summary(_outputs(tmp_path, passed=True), failed_stage=stage, error="boom",
+                           aliases_of=lambda name, version: ["production"])
+    assert s["verdict"] == rs.FAILED and s["registration"] is None
+    assert rs.headline(s) == f"FAILED in stage {stage}: nothing registered by this run"
+    assert s["evaluate"] is None  # evaluate did not run in this flow run: its old metrics are not shown
+    md = rs.markdown(s)
+    assert "boom" in md and "v7" not in md
+
+
+def test_no_registration_yet_is_incomplete_not_passed(tmp_path):
+    s = rs.unlearn_summary(tmp_path, aliases_of=lambda name, version: [])
+    assert s["verdict"] == rs.INCOMPLETE and rs.headline(s).startswith("INCOMPLETE")
+
+
+def test_min_base_rate_gate_reads_as_below_its_floor(tmp_path):
+    _outputs(tmp_path, passed=False)
+    reg = _registration(False)
+    reg["gates"]["min_base_target_rate"] = {"value": 0.02, "limit": 0.25, "passed": False}
+    reg["failed_gates"] = ["min_base_target_rate"]
+    (tmp_path / "outputs" / "register" / "registration.json").write_text(json.dumps(reg))
+    s = rs.unlearn_summary(tmp_path, failed_stage="register", aliases_of=lambda name, version: ["candidate"])
+    assert "min_base_target_rate 0.020 < 0.25" in rs.headline(s)
