@@ -33,6 +33,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as prefect_flow_run
 
 from flows.naming import namer
+from flows.notify import notify_failure
 from tasks import reerase as t
 from trust import tracking
 from trust.config import load_params
@@ -60,7 +61,8 @@ def new_workspace(root: Path, base: Path) -> Path:
     return folder
 
 
-@flow(name="reerase", log_prints=True, persist_result=True, flow_run_name=namer("reerase"))
+@flow(name="reerase", log_prints=True, persist_result=True, flow_run_name=namer("reerase"),
+      on_failure=[notify_failure])
 def reerase(params_path: str = "params.yaml", root: str = ".", model_ref: str | None = None) -> dict:
     """Re-check `model_ref` (default `<register.model_name>@production`); re-erase it if it leaks."""
     root_p = Path(root).resolve()

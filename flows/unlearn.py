@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as prefect_flow_run
 
 from flows.naming import namer
+from flows.notify import notify_failure
 from tasks.stages import StageFailed, run_stage
 from trust.config import load_params
 from trust.report import run_summary
@@ -21,7 +22,7 @@ def pipeline_stages(uses_world: bool) -> list[str]:
     return list(WORLD_STAGES if uses_world else ()) + list(STAGES)
 
 
-@flow(name="unlearn", log_prints=True, flow_run_name=namer("unlearn"))
+@flow(name="unlearn", log_prints=True, flow_run_name=namer("unlearn"), on_failure=[notify_failure])
 def unlearn(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     root_p = Path(root).resolve()
     params = load_params(root_p / params_path, root=root_p)  # validated before any work

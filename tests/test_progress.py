@@ -19,3 +19,11 @@ def test_a_resumed_run_counts_from_where_it_resumed():
     out = io.StringIO()
     list(progress(range(15, 20), total=20, initial=15, desc="d", stream=out, every_s=1e9, every_frac=0.5))
     assert out.getvalue().splitlines()[0] == "d: 15/20 started" and "d: 20/20 (100%)" in out.getvalue()
+
+
+def test_a_consumer_that_stops_early_is_reported_where_it_stopped():
+    out = io.StringIO()
+    for i in progress(range(100), total=100, desc="d", stream=out, every_s=1e9):
+        if i == 41:  # the 42nd step reached the bar
+            break
+    assert out.getvalue().splitlines()[-1].startswith("d: stopped at 42/100")

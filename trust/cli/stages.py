@@ -67,9 +67,10 @@ def print_result(stage: str, result) -> None:
                 if nums and len(nums) <= 4:
                     rows.append((f"{k}.{a}", ", ".join(f"{c} {fmt(d)}" for c, d in nums.items())))
     where = "outputs/register/registration.json" if stage == "register" else f"metrics/{stage}.json"
-    t = Table(title=f"{stage}: done (full results: {where})", show_header=False)
+    t = Table(show_header=False)
     for k, v in rows[:30]:
         t.add_row(k, v)
+    console.print(f"{stage}: done; full results in {where}", soft_wrap=True, markup=False, highlight=False)
     console.print(t)
 
 

@@ -373,6 +373,15 @@ class TrackingParams(_Strict):
                                                        "(MLFLOW_TRACKING_URI overrides both)")
 
 
+class NotifyParams(_Strict):
+    """A notification when an `unlearn` or `reerase` flow run fails (a gate, a spent repair budget, a
+    crash), through Prefect's own notification blocks (flows/notify.py; README "Operating it")."""
+
+    block: str | None = Field(None, pattern=r"^[a-z0-9-]+/[A-Za-z0-9_-]+$",
+                              description="a saved Prefect notification block as 'TYPE-SLUG/NAME', e.g. "
+                                          "'slack-webhook/trust-alerts' or 'custom-webhook/trust-alerts'; null: none")
+
+
 class ReeraseParams(_Strict):
     """Periodic re-erasure (`trust reerase`, `trust schedule`): re-check the production model and,
     when its leak rate (the highest of its target rate and every attack's success rate) exceeds
@@ -409,6 +418,7 @@ class Params(_Strict):
     registry: RegisterParams = Field(RegisterParams(), alias="register")
     tracking: TrackingParams = TrackingParams()
     reerase: ReeraseParams = ReeraseParams()
+    notify: NotifyParams = NotifyParams()
 
     @model_validator(mode="after")
     def _resolve_paths(self, info: ValidationInfo) -> "Params":

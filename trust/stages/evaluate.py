@@ -314,10 +314,17 @@ def run(params: Params, root: Path) -> dict:
                 title = ("kept concepts" if world else "preservation prompts") + ": base vs erased, same seeds"
                 kept = labelled_grid(grid_rows(preserve_prompts[:12]), title=title)
                 kept.save(out / "preservation.png")
+            verdict = _report_verdict(params, root, metrics)
+            if metrics.get("asr") is not None:  # also a file: `dvc plots show` embeds images, offline
+                from trust.report import asr_bar_chart
+
+                label, limit = verdict["asr_gate"]
+                asr_bar_chart(metrics["pre_asr"], metrics["asr"], gate=limit, gate_label=label, prompts={
+                    k: int(v["prompts"]) for k, v in metrics["asr_details"].items() if "prompts" in v}).save(out / "asr.png")
             if ev.report:
                 write_report(out / "report.html", f"Erasure of '{concept.name}': evaluation", metrics,
                              before_after, kept, _examples(results), settings=metrics["settings"],
-                             **_report_verdict(params, root, metrics))
+                             **verdict)
         write_json(metrics, root / paths.METRICS / "evaluate.json")
         run_.log_artifact(root / paths.EVALUATE_DIR)
     return metrics

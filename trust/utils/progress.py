@@ -25,11 +25,15 @@ def progress(items: Iterable[T], total: int, desc: str, initial: int = 0, every_
     step = max(1, int(total * every_frac))
     done = initial
     print(f"{desc}: {done}/{total} started", file=stream, flush=True)
-    for item in items:
-        yield item
-        done += 1
-        now = time.monotonic()
-        if done == total or now - last_t >= every_s or (done - initial) % step == 0:
-            print(f"{desc}: {done}/{total} ({100 * done / max(total, 1):.0f}%), {now - t0:.0f} s", file=stream,
-                  flush=True)
-            last_t = now
+    try:
+        for item in items:
+            yield item
+            done += 1
+            now = time.monotonic()
+            if done == total or now - last_t >= every_s or (done - initial) % step == 0:
+                print(f"{desc}: {done}/{total} ({100 * done / max(total, 1):.0f}%), {now - t0:.0f} s", file=stream,
+                      flush=True)
+                last_t = now
+    finally:  # the consumer stopped early (erase to a bar): say where
+        if done < total:
+            print(f"{desc}: stopped at {done + 1}/{total}, {time.monotonic() - t0:.0f} s", file=stream, flush=True)
