@@ -11,7 +11,7 @@ from prefect.runtime import flow_run as prefect_flow_run
 
 from flows.naming import namer
 from flows.notify import notify_failure
-from tasks.stages import StageFailed, run_stage
+from tasks.stages import GATE_FAILED_EXIT, StageFailed, run_stage
 from trust.config import load_params
 from trust.report import run_summary
 from trust.stages.paths import STAGES, WORLD_STAGES
@@ -37,9 +37,13 @@ def unlearn(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
                 results.append(run_stage(stage, str(root_p), env))
         except StageFailed as e:
             # the run ends Failed (the exception propagates); what it measured is still published
-            summary = run_summary.unlearn_summary(root_p, failed_stage=e.stage, error=str(e))
+            summary = run_summary.unlearn_summary(root_p, failed_stage=e.stage, error=str(e),
+                                                  gate_failed=e.code == GATE_FAILED_EXIT)
             publish(summary, params, logger)
-            log_headline(parent.info.run_id, summary)
+            try:
+                log_headline(parent.info.run_id, summary)
+            except Exception as err:  # noqa: BLE001 - the stage's failure is what propagates
+                logger.warning("could not log the run's headline to MLflow: %s", err)
             raise
         ran = [r["stage"] for r in results if r["ran"]]
         logger.info("stages run: %s; skipped (up to date): %s", ran or "none",
@@ -84,5 +88,9 @@ def publish(summary: dict, params, logger) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     (logger.info if summary["verdict"] == run_summary.PASSED else logger.error)(run_summary.headline(summary))
-    create_markdown_artifact(markdown=run_summary.markdown(summary, "unlearn"),
-                             key=artifact_key("unlearn", params.concept.name), description=run_summary.headline(summary))
+    try:
+        create_markdown_artifact(markdown=run_summary.markdown(summary, "unlearn"),
+                                 key=artifact_key("unlearn", params.concept.name),
+                                 description=run_summary.headline(summary))
+    except Exception as e:  # noqa: BLE001 - reporting the run never replaces its own outcome
+        logger.warning("could not publish the run's artifact: %s", e)

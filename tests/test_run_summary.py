@@ -34,7 +34,7 @@ def _outputs(root: Path, passed: bool) -> Path:
 
 def test_a_failed_gate_is_the_verdict_with_its_value_and_limit(tmp_path):
     s = rs.unlearn_summary(_outputs(tmp_path, passed=False), failed_stage="register", error="gate failed",
-                           aliases_of=lambda name, version: ["candidate"])
+                           aliases_of=lambda name, version: ["candidate"], gate_failed=True)
     assert s["verdict"] == rs.FAILED
     assert rs.headline(s).startswith("FAILED: gate(s) max_target_rate 0.125 > 0.1")
     md = rs.markdown(s)
@@ -81,5 +81,14 @@ def test_min_base_rate_gate_reads_as_below_its_floor(tmp_path):
     reg["gates"]["min_base_target_rate"] = {"value": 0.02, "limit": 0.25, "passed": False}
     reg["failed_gates"] = ["min_base_target_rate"]
     (tmp_path / "outputs" / "register" / "registration.json").write_text(json.dumps(reg))
-    s = rs.unlearn_summary(tmp_path, failed_stage="register", aliases_of=lambda name, version: ["candidate"])
+    s = rs.unlearn_summary(tmp_path, failed_stage="register", aliases_of=lambda name, version: ["candidate"],
+                           gate_failed=True)
     assert "min_base_target_rate 0.020 < 0.25" in rs.headline(s)
+
+
+def test_a_register_stage_that_crashed_does_not_show_the_previous_registration(tmp_path):
+    """Only a gate failure (exit 3) writes registration.json before failing; a crash leaves the old one."""
+    s = rs.unlearn_summary(_outputs(tmp_path, passed=True), failed_stage="register", error="Traceback ...",
+                           aliases_of=lambda name, version: ["production"], gate_failed=False)
+    assert s["verdict"] == rs.FAILED and s["registration"] is None
+    assert rs.headline(s) == "FAILED in stage register: nothing registered by this run"

@@ -143,7 +143,7 @@ def run_cmd(
         try:
             unlearn(str(params), str(Path.cwd()))
         except StageFailed as e:
-            summary_panel(failed_stage=e.stage, error=str(e))
+            summary_panel(failed_stage=e.stage, error=str(e), gate_failed=e.code == GATE_FAILED_EXIT)
             raise typer.Exit(GATE_FAILED_EXIT if e.code == GATE_FAILED_EXIT else 1)
         summary_panel()
         return
@@ -159,14 +159,14 @@ def run_cmd(
     repro_stage(only, Path.cwd(), stage_env(), console.print)
 
 
-def summary_panel(failed_stage: str | None = None, error: str | None = None) -> None:
+def summary_panel(failed_stage: str | None = None, error: str | None = None, gate_failed: bool = False) -> None:
     """The end of `trust run`: one panel from the run's outputs and the registry's current aliases."""
     from rich.panel import Panel
     from rich.text import Text
 
     from trust.report import run_summary
 
-    s = run_summary.unlearn_summary(Path.cwd(), failed_stage=failed_stage, error=error)
+    s = run_summary.unlearn_summary(Path.cwd(), failed_stage=failed_stage, error=error, gate_failed=gate_failed)
     ok = s["verdict"] == run_summary.PASSED
     console.print(Panel(Text("\n".join(run_summary.terminal_lines(s))), title=f"unlearn: {s['verdict']}",
                         border_style="green" if ok else "red", expand=False))

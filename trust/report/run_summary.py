@@ -32,9 +32,11 @@ def registry_aliases(model_name: str, version: int | str) -> list[str]:
 
 
 def unlearn_summary(root: Path, failed_stage: str | None = None, error: str | None = None,
-                    aliases_of: Callable[[str, int | str], list[str]] = registry_aliases) -> dict:
+                    aliases_of: Callable[[str, int | str], list[str]] = registry_aliases,
+                    gate_failed: bool = False) -> dict:
     """The summary of the run whose outputs are under `root`. `failed_stage`: the stage that failed
-    in this run (its outputs and every later stage's are not this run's); `error`: its message."""
+    in this run (its outputs and every later stage's are not this run's); `error`: its message;
+    `gate_failed`: it failed on a gate (exit 3), so a failed `register` did write its registration."""
     root = Path(root)
     # a failed pipeline stage makes its outputs and every later one's not this run's; a failed world
     # stage (before them all) every one's
@@ -47,7 +49,7 @@ def unlearn_summary(root: Path, failed_stage: str | None = None, error: str | No
     ev = _read(root / paths.METRICS / "evaluate.json") if current("evaluate") else None
     reg = _read(root / paths.REGISTER_DIR / "registration.json") if current("register") else None
     # the register stage writes registration.json before it fails on a gate: a gate failure is its verdict
-    if reg is None and failed_stage == "register":
+    if reg is None and failed_stage == "register" and gate_failed:
         reg = _read(root / paths.REGISTER_DIR / "registration.json")
     s: dict = {"failed_stage": failed_stage, "error": error, "evaluate": ev, "registration": reg,
                "report": str(root / paths.EVALUATE_DIR / "report.html")
@@ -57,7 +59,7 @@ def unlearn_summary(root: Path, failed_stage: str | None = None, error: str | No
             s["aliases"], s["aliases_source"] = aliases_of(reg["model_name"], reg["version"]), "registry (now)"
         except Exception as e:  # noqa: BLE001 - said in the summary, never hidden
             s["aliases"], s["aliases_source"] = reg.get("aliases", []), f"at registration (registry unreadable: {e})"
-    if reg is not None and (failed_stage is None or failed_stage == "register"):
+    if reg is not None and (failed_stage is None or (failed_stage == "register" and gate_failed)):
         s["verdict"] = PASSED if reg.get("passed") else FAILED
     else:
         s["verdict"] = FAILED if failed_stage else INCOMPLETE
