@@ -106,12 +106,8 @@ def run_row(label: str, progress: bool, sets: list[str] = (), attacks: bool = Tr
 
     from trust import tracking
     from trust.config import load_params
-    from trust.delta import apply_delta
-    from trust.detectors import WorldDetector
     from trust.methods.stopping import BarNotReached
-    from trust.models import load_model
     from trust.stages import evaluate, finetune, localize, paths, prompts
-    from trust.world.classifier import ConceptClassifier
 
     torch.set_num_threads(int(os.environ.get("TRUST_NUM_THREADS", "1")))
     raw = row_raw(label, yaml.safe_load((ROOT / "params.yaml").read_text()), sets)
@@ -147,11 +143,7 @@ def run_row(label: str, progress: bool, sets: list[str] = (), attacks: bool = Tr
     # 2x budget, new seeds, on the same erased model
     t = time.perf_counter()
     strong = strong_params(params, ws)
-    base = load_model(params.model.base, device=params.model.device)
-    erased = load_model(params.model.base, device=params.model.device)
-    apply_delta(erased, ws / paths.DELTA)
-    classifier = ConceptClassifier.load(ws / params.world.classifier_dir)
-    detector = WorldDetector(classifier, params.concept.detect)
+    base, erased, detector = row_models(params, ws)
     res = evaluate.run_attacks(strong, ws, erased, base, detector, prompts.load(ws))
     summaries = {k: r.summary() for k, r in res["results"].items()}
     out["strong"] = {"pre_asr": summaries["prompt_set"]["pre_asr"], "asr": {k: summaries[k]["asr"] for k in ATTACKS},
@@ -187,24 +179,31 @@ def null_attack(params, parts, detector) -> dict:
             "prompts_per_row": len(free)}
 
 
-def null_row(label: str, sets: list[str] = ()) -> dict:
-    """The null attack on a finished row's erased model and on the base (from its workspace)."""
-    import torch
-
-    from trust.config import load_params
+def row_models(params, ws: Path):
+    """(base model, erased model = base + the row's delta, world detector) of a row's workspace."""
     from trust.delta import apply_delta
     from trust.detectors import WorldDetector
     from trust.models import load_model
     from trust.stages import paths
     from trust.world.classifier import ConceptClassifier
 
-    torch.set_num_threads(int(os.environ.get("TRUST_NUM_THREADS", "1")))
-    ws = (WORK / row_name(label, sets)).resolve()
-    params = load_params(ws / "params.yaml", root=ws)
-    detector = WorldDetector(ConceptClassifier.load(ws / params.world.classifier_dir), params.concept.detect)
     base = load_model(params.model.base, device=params.model.device)
     erased = load_model(params.model.base, device=params.model.device)
     apply_delta(erased, ws / paths.DELTA)
+    detector = WorldDetector(ConceptClassifier.load(ws / params.world.classifier_dir), params.concept.detect)
+    return base, erased, detector
+
+
+def null_row(label: str, sets: list[str] = ()) -> dict:
+    """The null attack on a finished row's erased model and on the base (from its workspace)."""
+    import torch
+
+    from trust.config import load_params
+
+    torch.set_num_threads(int(os.environ.get("TRUST_NUM_THREADS", "1")))
+    ws = (WORK / row_name(label, sets)).resolve()
+    params = load_params(ws / "params.yaml", root=ws)
+    base, erased, detector = row_models(params, ws)
     return {"erased": null_attack(params, erased, detector), "base": null_attack(params, base, detector)}
 
 

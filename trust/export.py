@@ -15,7 +15,6 @@ peft adapter to export; the full weights are the export.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -26,17 +25,14 @@ def export_registered(ref: str, out: Path, device: str = "cpu", overwrite: bool 
     """Write `ref` (MODEL@ALIAS or MODEL/VERSION) to `out`; refuses an existing non-empty `out`
     unless `overwrite`. The folder appears whole or not at all."""
     from trust.models.loading import save_model
-    from trust.registry import HASH_TAG, load_registered, resolve, verified_folder
+    from trust.registry import HASH_TAG, open_registered
     from trust.utils.fs import staged_dir
     from trust.utils.safetensors_io import write_json
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
-    mv = resolve(ref)
-    package = verified_folder(mv, ref, "export it")
-    parts = load_registered(ref, device=device)
-    spec = json.loads((package / "pipeline.json").read_text())
+    parts, mv, package, spec = open_registered(ref, device, "export it")
     record = {"ref": ref, "model_name": mv.name, "version": int(mv.version), "aliases": sorted(mv.aliases),
               "package_sha256": (mv.tags or {}).get(HASH_TAG), "kind": parts.kind, "base_model": spec.get("base_model"),
               "base_fingerprint": spec.get("base_fingerprint"), "method": spec.get("method"), "tuned_fingerprint": parts.fingerprint()}

@@ -313,11 +313,17 @@ def load_registered(ref: str, device: str = "cpu"):
     a package that is not what was registered), and `apply_delta` refuses a base model whose
     fingerprint differs from the one the delta was made from.
     """
+    return open_registered(ref, device, "load it")[0]
+
+
+def open_registered(ref: str, device: str = "cpu", action: str = "load it"):
+    """`load_registered`, and the version, its verified package folder and its pipeline.json:
+    (parts, ModelVersion, folder, spec), for callers that also record what they loaded."""
     from trust.delta import apply_delta
     from trust.models import load_model
 
     mv = resolve(ref)
-    folder = verified_folder(mv, ref, "load it")
+    folder = verified_folder(mv, ref, action)
     if not folder.is_dir():
         raise RegistryError(f"{ref} (v{mv.version}): package folder {folder} does not exist; "
                             "was the project's mlartifacts/ folder moved or deleted?")
@@ -330,7 +336,7 @@ def load_registered(ref: str, device: str = "cpu"):
         raise RegistryError(f"{ref} (v{mv.version}): base model {base!r} recorded in {folder / PIPELINE} "
                             f"does not exist (fingerprint {spec.get('base_fingerprint')}); restore it at that path")
     parts = load_model(Path(base), device=device)
-    return apply_delta(parts, folder / DELTA)
+    return apply_delta(parts, folder / DELTA), mv, folder, spec
 
 
 # -- model card ----------------------------------------------------------------------

@@ -14,12 +14,13 @@ import os
 import socket
 from datetime import datetime, timezone
 
+from trust.tracking import PREFECT_ENV  # the flows set it for their stage processes
+
 SET, MOVED = "trust.alias.{}.set", "trust.alias.{}.moved"
-FLOW_ENV = "TRUST_PREFECT_FLOW_RUN_ID"  # set by the flows for their stage processes (tracking.PREFECT_ENV)
 
 
 def actor() -> str:
-    flow = os.environ.get(FLOW_ENV)
+    flow = os.environ.get(PREFECT_ENV)
     try:
         who = f"{getpass.getuser()}@{socket.gethostname()}"
     except (KeyError, OSError):  # no passwd entry (containers)

@@ -45,10 +45,7 @@ def templates_showing(labels: dict[str, str]) -> list[str]:
         # background label only.
         if form in _empty_forms() and set(labels) & set(OBJECT_HEADS):
             continue
-        t = form
-        for h, v in labels.items():
-            t = t.replace("{" + h + "}", v)
-        out.append(fix_articles(t))
+        out.append(_filled(form, labels))
     return list(dict.fromkeys(out))
 
 
@@ -65,12 +62,15 @@ def concept_free_prompts(detect: dict[str, str], labels: dict[str, str] | None =
         heads = _heads(form)
         if set(detect) <= heads or form in _empty_forms():
             continue  # names the whole concept (a target form), or draws no object
-        fill = {h: detect.get(h) or labels.get(h) or SLOT_VALUES[h][0] for h in heads}
-        t = form
-        for h, v in fill.items():
-            t = t.replace("{" + h + "}", v)
-        out.append(fix_articles(t))
+        out.append(_filled(form, {h: detect.get(h) or labels.get(h) or SLOT_VALUES[h][0] for h in heads}))
     return list(dict.fromkeys(out))
+
+
+def _filled(form: str, values: dict[str, str]) -> str:
+    """`form` with the slots of `values` filled in (others left as slots), articles fixed."""
+    for h, v in values.items():
+        form = form.replace("{" + h + "}", v)
+    return fix_articles(form)
 
 
 def _empty_forms() -> set[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from trust.report.run_summary import failed_gate_text
 from trust.utils.images import labelled_grid
 
 
@@ -63,6 +64,18 @@ def asr_bar_chart(pre_asr: float, asr: dict[str, float], title: str = "attack su
     return Image.open(buf).convert("RGB")
 
 
+def attack_prompts(metrics: dict) -> dict[str, int]:
+    """How many prompts each attack of metrics/evaluate.json ran on."""
+    return {k: int(v["prompts"]) for k, v in (metrics.get("asr_details") or {}).items() if "prompts" in v}
+
+
+def metrics_asr_chart(metrics: dict, asr_gate: tuple[str, float | None] | None = None) -> Image.Image:
+    """The ASR chart of metrics/evaluate.json, with `asr_gate` (label, limit) drawn when given."""
+    label, limit = asr_gate if asr_gate is not None else ("gate", None)
+    return asr_bar_chart(metrics.get("pre_asr", float("nan")), metrics["asr"], gate=limit, gate_label=label,
+                         prompts=attack_prompts(metrics))
+
+
 def verdict_banner(gates: dict) -> str:
     """PASS / FAIL against the registration gates (registry.gate_results), each failed one with its
     value and limit: the first thing the report says."""
@@ -72,8 +85,7 @@ def verdict_banner(gates: dict) -> str:
             f"{k} {float(g['value']):.3f} vs {g['limit']}" for k, g in gates.items() if isinstance(g, dict)) + ")"
         colour = "#1e8449"
     else:
-        text = "FAIL: " + "; ".join(
-            f"{k} {float(g['value']):.3f} {'<' if k.startswith('min') else '>'} {g['limit']}" for k, g in failed)
+        text = "FAIL: " + "; ".join(failed_gate_text(k, g) for k, g in failed)
         colour = "#c0392b"
     return (f'<div class="verdict" style="background:{colour};color:white;padding:0.8em 1em;font-size:1.2em;'
             f'font-weight:bold">{html.escape(text)}</div>')
@@ -129,9 +141,11 @@ def metrics_rows(metrics: dict) -> list[tuple[str, str]]:
 def render_report(title: str, metrics: dict, before_after: Image.Image | None = None,
                   preservation: Image.Image | None = None, examples: dict[str, list[Example]] | None = None,
                   settings: dict | None = None, gates: dict | None = None,
-                  header: list[tuple[str, str]] | None = None, asr_gate: tuple[str, float] | None = None) -> str:
+                  header: list[tuple[str, str]] | None = None, asr_gate: tuple[str, float] | None = None,
+                  asr_chart: Image.Image | None = None) -> str:
     """`gates`: registry.gate_results of these metrics (the verdict banner); `header`: what was
-    evaluated (model, method, commit...); `asr_gate`: (label, limit) drawn on the ASR chart."""
+    evaluated (model, method, commit...); `asr_gate`: (label, limit) drawn on the ASR chart;
+    `asr_chart`: that chart already drawn (metrics_asr_chart), else it is drawn here."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if gates is not None:
         parts.append(verdict_banner(gates))
@@ -139,11 +153,8 @@ def render_report(title: str, metrics: dict, before_after: Image.Image | None = 
         parts.append(_table(header))
     parts += ["<h2>Metrics</h2>", _table(metrics_rows(metrics))]
     if metrics.get("asr") is not None:
-        prompts = {k: int(v["prompts"]) for k, v in (metrics.get("asr_details") or {}).items() if "prompts" in v}
-        label, limit = asr_gate if asr_gate is not None else ("gate", None)
-        chart = asr_bar_chart(metrics.get("pre_asr", float("nan")), metrics["asr"], gate=limit, gate_label=label,
-                              prompts=prompts)
-        counts = ", ".join(f"{k}: {n} prompts" for k, n in prompts.items())
+        chart = asr_chart if asr_chart is not None else metrics_asr_chart(metrics, asr_gate)
+        counts = ", ".join(f"{k}: {n} prompts" for k, n in attack_prompts(metrics).items())
         parts += ["<h2>Attack success rate</h2>", f'<img alt="ASR bar chart" src="{data_uri(chart)}">',
                   f"<p>{html.escape(counts)}</p>" if counts else ""]
     if before_after is not None:

@@ -82,6 +82,12 @@ def _attack_rows(ev: dict) -> list[tuple[str, str, str]]:
             for name, v in (ev.get("asr") or {}).items() if name != "prompt_set"]
 
 
+def failed_gate_text(name: str, g: dict) -> str:
+    """'max_target_rate 0.125 > 0.1', 'min_base_target_rate 0.020 < 0.25': how a gate failed (a
+    `min_` gate fails below its limit, every other above it; registry.gate_results)."""
+    return f"{name} {float(g['value']):.3f} {'<' if name.startswith('min') else '>'} {g['limit']}"
+
+
 def headline(s: dict) -> str:
     """One line: the verdict and why."""
     reg = s.get("registration")
@@ -89,9 +95,7 @@ def headline(s: dict) -> str:
         return (f"PASSED: {reg['model_name']} v{reg['version']} registered; aliases "
                 f"{', '.join(s.get('aliases') or []) or 'none'}")
     if reg is not None and s["verdict"] == FAILED and (s["failed_stage"] in (None, "register")):
-        failed = [f"{k} {float(reg['gates'][k]['value']):.3f} > {reg['gates'][k]['limit']}"
-                  if k.startswith("max") else f"{k} {float(reg['gates'][k]['value']):.3f} < {reg['gates'][k]['limit']}"
-                  for k in reg.get("failed_gates", [])]
+        failed = [failed_gate_text(k, reg["gates"][k]) for k in reg.get("failed_gates", [])]
         return (f"FAILED: gate(s) {'; '.join(failed) or '?'}: {reg['model_name']} v{reg['version']} is candidate "
                 "only, production unchanged")
     if s["failed_stage"]:
@@ -165,7 +169,7 @@ def reerase_markdown(summary: dict) -> str:
             f = (lambda x: "-" if x is None else f"{float(x):.3f}")
             result = ("passed" if r.get("passed") else
                       "bar not reached" if r.get("leak_rate") is None else
-                      "failed: " + ", ".join(f"{k} {v['value']:.3f} > {v['limit']}" for k, v in r.get("failed_gates", {}).items()))
+                      "failed: " + ", ".join(failed_gate_text(k, v) for k, v in r.get("failed_gates", {}).items()))
             out.append(f"| {r['round']} | {r.get('added_prompts', '?')} | {f(r.get('leak_rate'))} | "
                        f"{f(r.get('target_rate'))} | {f(r.get('worst_drop'))} | {result} |")
     if summary.get("new_version"):

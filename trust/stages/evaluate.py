@@ -43,6 +43,7 @@ from trust.metrics import FidelityError, InceptionFeatures, frechet_distance, me
 from trust.metrics.frechet import INCEPTION_HELP
 from trust.models import KIND_WORLD, detect_kind, load_model
 from trust.report import Example, write_report
+from trust.report.html import metrics_asr_chart
 from trust.stages import paths, prompts
 from trust.tracking import stage_run
 from trust.utils.fs import staged_dir
@@ -315,12 +316,9 @@ def run(params: Params, root: Path) -> dict:
                 kept = labelled_grid(grid_rows(preserve_prompts[:12]), title=title)
                 kept.save(out / "preservation.png")
             verdict = _report_verdict(params, root, metrics)
-            if metrics.get("asr") is not None:  # also a file: `dvc plots show` embeds images, offline
-                from trust.report import asr_bar_chart
-
-                label, limit = verdict["asr_gate"]
-                asr_bar_chart(metrics["pre_asr"], metrics["asr"], gate=limit, gate_label=label, prompts={
-                    k: int(v["prompts"]) for k, v in metrics["asr_details"].items() if "prompts" in v}).save(out / "asr.png")
+            # drawn once: a file too, since `dvc plots show` embeds images (they render offline)
+            verdict["asr_chart"] = metrics_asr_chart(metrics, verdict["asr_gate"])
+            verdict["asr_chart"].save(out / "asr.png")
             if ev.report:
                 write_report(out / "report.html", f"Erasure of '{concept.name}': evaluation", metrics,
                              before_after, kept, _examples(results), settings=metrics["settings"],
