@@ -61,6 +61,8 @@ DEV_SET = [
 # knobs of the conditional example that first passed (examples/ history, bench/results/concepts.md).
 METHODS = {
     "TRUST": {},
+    # TRUST with the target pool (trust/methods/target_pool.py): params.yaml's TRUST knobs plus these
+    "TRUST-pool": {"method_knobs": {"target_pool": 320, "target_fresh": 0.25}},
     "ANT+fusion": {"method": {"name": "ant_fusion", "split_step": 43, "fusion_positions": "all", "fusion_beta": 0.5}},
     "ESD-x": {"method": {"name": "esd", "variant": "x"}, "lr": 1e-3, "preserve_weight": 0.0},
     # the closed-form edits (issue 15) with their own defaults; one edit, nothing to iterate: no
@@ -70,13 +72,17 @@ METHODS = {
 }
 
 
+OPTION_ROWS = ("TRUST-pool",)  # a TRUST option measured on request, not a method of the default table
+
+
 def concept_raw(name: str, kind: str, detect: dict, method: str) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["concept"] = {"name": name, "kind": kind, "detect": dict(detect)}
     over = METHODS[method]
     if "method" in over:
         raw["finetune"]["method"] = dict(over["method"])
-    raw["finetune"].update({k: v for k, v in over.items() if k != "method"})
+    raw["finetune"]["method"].update(over.get("method_knobs", {}))
+    raw["finetune"].update({k: v for k, v in over.items() if k not in ("method", "method_knobs")})
     raw["evaluate"]["attacks"]["run"] = []
     raw["evaluate"]["attacks"]["prompt_set"] = "attack_prompts.csv"
     raw["evaluate"]["report"] = False
@@ -236,7 +242,8 @@ def plot(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subset", choices=("tune", "report", "all"), default="all")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
+    ap.add_argument("--methods", default=",".join(m for m in METHODS if m not in OPTION_ROWS),
+                    help=f"comma-separated: {', '.join(METHODS)} (default: all but {', '.join(OPTION_ROWS)})")
     ap.add_argument("--concepts", default=None, help="comma-separated concept names (default: the subset's)")
     ap.add_argument("--force", action="store_true", help="rerun finished (concept, method) pairs")
     ap.add_argument("--workspace", type=Path, default=ROOT / "runs" / "concept_set")

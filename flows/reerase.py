@@ -38,6 +38,7 @@ from tasks import reerase as t
 from trust import tracking
 from trust.config import load_params
 from trust.reerase.repair import failure_message, repair
+from trust.report.run_summary import failed_gate_text
 from trust.utils.safetensors_io import write_json
 
 STILL_ERASED = "still erased"
@@ -152,7 +153,7 @@ def _reerase(prod: dict, check: dict, params, params_file: Path, root: Path, ws:
             logger.info("round %d (%d added prompt(s)): leak rate %.3f (target %.3f, attacks %s), worst kept drop "
                         "%.3f: %s", r, len(added), rd.leak_rate, rd.target_rate, rd.asr or "-", rd.worst_drop,
                         "passed" if rd.passed else "failed " + ", ".join(
-                            f"{k} {v['value']:.3f} > {v['limit']}" for k, v in rd.failed_gates.items()))
+                            failed_gate_text(k, v) for k, v in rd.failed_gates.items()))
         return rd
 
     try:

@@ -17,3 +17,11 @@ def latest_flow_run(project: Path) -> dict:
     return {"state": state_type, "message": message or "",
             "artifacts": {k: {"markdown": json.loads(d) if d and d.startswith('"') else d, "description": desc}
                           for k, d, desc in arts}}
+
+
+def flow_run_count(project: Path) -> int:
+    """How many flow runs the project's Prefect database holds."""
+    import sqlite3
+
+    with sqlite3.connect(project / ".prefect" / "prefect.db") as db:
+        return db.execute("select count(*) from flow_run").fetchone()[0]

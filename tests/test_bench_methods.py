@@ -37,6 +37,10 @@ def test_bench_quick_on_a_tiny_model(world_tokenizer, tmp_path):
         assert r["total_s"] > 0 and r["peak_memory_bytes"] >= 0 and 0 <= r["erasure_target_rate"] <= 1
         assert r["steps_run"] == (1 if r["method"] in ("conceptprune", "uce", "rece") else 2), r["label"]
         assert (r["reestimate_share"] is not None) == (r["method"] == "trust")
+        # every check measured the kept concepts too (the joint bar), on the same concepts as the base's
+        assert result["base"]["check_keep"] and r["checks"]
+        assert all(set(c["keep"]) == set(result["base"]["check_keep"]) for c in r["checks"])
+        assert "steps_to_erasure" in r and "time_to_erasure_s" in r
     salun = next(r for r in result["runs"] if r["label"] == "SalUn")
     assert salun["vs_salun"]["total_s"] == 1.0
     for name in ("methods.json", "methods.md", "methods.png"):
@@ -53,3 +57,15 @@ def test_select_runs():
         assert "TRUST-CIP" in str(e)
     else:
         raise AssertionError("unknown run accepted")
+
+
+def test_the_joint_bar_needs_the_target_erased_and_every_kept_concept_near_base():
+    """By hand: the erasure-only bar counts a method that erases by destroying a neighbour (ESD-u's 0.35
+    preservation, the issue's case); the joint bar does not. A drop exactly at the limit holds."""
+    from bench.lib.methods import bar_status
+
+    base = {"shape:square": 1.0, "shape:cross": 0.9}
+    assert bar_status(0.05, {"shape:square": 0.95, "shape:cross": 0.85}, base, 0.10, 0.10) == (True, True)
+    assert bar_status(0.05, {"shape:square": 0.35, "shape:cross": 0.9}, base, 0.10, 0.10) == (True, False)
+    assert bar_status(0.10, {"shape:square": 0.9, "shape:cross": 0.8}, base, 0.10, 0.10) == (True, True)  # at limits
+    assert bar_status(0.125, {"shape:square": 1.0, "shape:cross": 0.9}, base, 0.10, 0.10) == (False, False)

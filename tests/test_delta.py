@@ -51,7 +51,7 @@ def test_save_delta_writes_only_the_changed_tensors_with_their_metadata(tmp_path
     tuned = _tuned(base)
     path = tmp_path / "delta.safetensors"
     summary = save_delta(base, tuned, path, {"base_fingerprint": "base-A", "steps": 7, "method": {"name": "trust"}})
-    assert summary == {"tensors": 1, "parameters": 4}  # 1.weight is 2 x 2
+    assert summary == {"tensors": 1, "parameters": 4, "row_tensors": 0}  # 1.weight is 2 x 2, both rows changed
     with safe_open(str(path), framework="pt") as f:
         assert list(f.keys()) == ["unet.1.weight"]
         assert torch.equal(f.get_tensor("unet.1.weight"), tuned["1.weight"])
@@ -133,3 +133,62 @@ def test_apply_delta_refuses_unknown_tensors_and_non_finite_values(tmp_path):
         apply_delta(_parts(unet), bad)
     for k, v in unet.state_dict().items():
         assert torch.equal(v, before[k]), k  # neither refusal wrote anything
+
+
+def _wide():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 10), nn.Linear(10, 3))
+
+
+def test_a_change_of_a_few_rows_is_stored_as_those_rows_and_rebuilds_the_tuned_tensor(tmp_path):
+    """TRUST changes rows: rows 2 and 7 of a 10 x 4 weight are stored as 2 indices and 2 x 4 values
+    (10 numbers instead of 40); a changed bias and a weight with most rows changed stay whole."""
+    base = _wide().state_dict()
+    tuned = {k: v.clone() for k, v in base.items()}
+    tuned["0.weight"][2] += 0.5
+    tuned["0.weight"][7, 1] -= 2.0
+    tuned["0.bias"][0] += 1.0
+    tuned["1.weight"][:, 0] += 1.0  # every row of the 3 x 10 weight: whole
+    path = tmp_path / "delta.safetensors"
+    summary = save_delta(base, tuned, path, {"base_fingerprint": "base-A"})
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        assert keys == {"unet.0.weight@rows", "unet.0.weight@values", "unet.0.bias", "unet.1.weight"}
+        assert f.get_tensor("unet.0.weight@rows").tolist() == [2, 7]
+        assert torch.equal(f.get_tensor("unet.0.weight@values"), tuned["0.weight"][[2, 7]])
+        assert f.metadata()["format"] == "trust-delta-v2"
+    assert summary == {"tensors": 3, "parameters": 8 + 10 + 30, "row_tensors": 1}
+    unet = _wide()
+    apply_delta(_parts(unet), path)
+    after = unet.state_dict()
+    for k in base:
+        assert torch.equal(after[k], tuned[k]), k
+
+
+def test_a_delta_in_the_older_whole_tensor_format_still_applies(tmp_path):
+    base = _unet().state_dict()
+    old = tmp_path / "v1.safetensors"
+    save_file({"unet.1.weight": base["1.weight"] + 1.0}, str(old), metadata={"format": "trust-delta-v1"})
+    unet = _unet()
+    apply_delta(_parts(unet), old)
+    assert torch.equal(unet.state_dict()["1.weight"], base["1.weight"] + 1.0)
+
+
+@pytest.mark.parametrize("damage", ["index out of range", "values of another shape", "rows without values"])
+def test_stored_rows_that_do_not_fit_the_tensor_are_refused_before_anything_is_written(tmp_path, damage):
+    unet = _wide()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    rows, values = torch.tensor([2, 7]), torch.zeros(2, 4)
+    if damage == "index out of range":
+        rows = torch.tensor([2, 10])
+    elif damage == "values of another shape":
+        values = torch.zeros(2, 5)
+    tensors = {"unet.0.bias": torch.zeros(10), "unet.0.weight@rows": rows}
+    if damage != "rows without values":
+        tensors["unet.0.weight@values"] = values
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata={"format": FORMAT})
+    with pytest.raises(ValueError, match="0.weight's stored rows do not fit the UNet's tensor \\(10, 4\\)"):
+        apply_delta(_parts(unet), path)
+    for k, v in unet.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -11,7 +11,7 @@ from trust import tracking
 from trust.config import Params
 from trust.delta import save_delta
 from trust.models import load_model
-from trust.stages import evaluate, paths, prompts
+from trust.stages import evaluate, evaluate_metrics, paths, prompts
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,17 @@ def evaluated(tmp_path_factory, root):
 
 def test_metrics_keep_old_keys_and_add_asr(evaluated):
     project, metrics = evaluated
-    saved = json.loads((project / "metrics/evaluate.json").read_text())
+    headline = json.loads((project / "metrics/evaluate.json").read_text())
     for key in ("target_rate_base", "target_rate", "keep", "pre_asr", "asr", "fidelity"):
-        assert key in saved
+        assert key in headline
+    # the DVC metric holds the headline numbers only (`dvc exp show` stays readable): no per-attack
+    # details, no outcome lists, no settings; those are in outputs/evaluate/details.json
+    assert not {"asr_details", "attacks", "settings"} & set(headline)
+    assert headline["attack_prompts"] == {"prompt_set": 2, "unlearndiffatk": 1, "p4d": 1, "ringabell": 1}
+    details = json.loads((project / "outputs/evaluate/details.json").read_text())
+    assert set(details) == {"asr_details", "attacks", "settings"}
+    saved = evaluate_metrics.read(project)
+    assert saved == json.loads(json.dumps(metrics))  # what the stage returned, whole
     assert set(saved["asr"]) == {"prompt_set", "unlearndiffatk", "p4d", "ringabell"}
     assert saved["asr_details"]["prompt_set"]["prompts"] == 2
     assert all(saved["asr_details"][a]["prompts"] == 1 for a in ("unlearndiffatk", "p4d", "ringabell"))

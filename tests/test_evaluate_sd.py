@@ -15,7 +15,7 @@ from trust.delta import save_delta
 from trust.detectors import DetectorError
 from trust.metrics import FidelityError
 from trust.models import KIND_SD, ModelLoadError, save_model
-from trust.stages import evaluate, paths, prompts
+from trust.stages import evaluate, evaluate_metrics, paths, prompts
 
 # An SD-style concept block: templates without world slots, no kept-concept labels (keep: []).
 CONCEPT = {"name": "nudity", "target": ["a photo of a nude person", "a naked woman on a beach"],
@@ -65,7 +65,7 @@ def evaluated(sd_project):
 
 def test_target_rate_from_nudenet(evaluated):
     project, metrics = evaluated
-    saved = json.loads((project / "metrics/evaluate.json").read_text())
+    saved = evaluate_metrics.read(project)
     for key in ("target_rate_base", "target_rate", "keep", "pre_asr", "asr", "fidelity", "settings"):
         assert key in saved
     # NudeNet finds nothing on a tiny untrained model's 16x16 images: both rates are measured, and 0.

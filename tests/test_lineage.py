@@ -31,7 +31,7 @@ def test_lineage_chain(store, base):
     assert all(s["git_commit"] == "unknown" for s in d["stage_runs"])
     assert d["params"] == {"model_name": NAME}
     assert d["base_fingerprint"] == base["fingerprint"] and d["base_model"] == str(base["dir"])
-    assert set(d["files"]) == {"delta.safetensors", "pipeline.json", "model_card.md"}
+    assert set(d["files"]) == {"delta.safetensors", "pipeline.json", "model_card.md", "MLmodel"}
     assert all(len(h) == 64 for h in d["files"].values())
     text = format_lineage(d)
     assert f"model {NAME} version 1" in text and base["fingerprint"] in text and "stage finetune" in text
@@ -93,7 +93,7 @@ def test_cli_lineage_exit_codes(store, base, monkeypatch):
 
     ok = runner.invoke(app, ["lineage", f"{NAME}@production"])
     assert ok.exit_code == 0, ok.output
-    assert "all 3 package files match" in ok.output and base["fingerprint"] in ok.output
+    assert "all 4 package files match" in ok.output and base["fingerprint"] in ok.output
 
     card = registry.source_folder(registry.resolve(f"{NAME}@production")) / "model_card.md"
     card.chmod(0o644)
@@ -150,7 +150,7 @@ def test_tampered_package_with_rewritten_manifest_is_refused_everywhere(store, b
     _tamper(folder)
     assert {r["status"] for r in registry.check_files(folder)} == {"ok"}  # the manifest alone is fooled
     rows = {r["path"]: r["status"] for r in verify(ref)}
-    assert rows == {"delta.safetensors": "modified", "pipeline.json": "ok", "model_card.md": "ok",
+    assert rows == {"delta.safetensors": "modified", "pipeline.json": "ok", "model_card.md": "ok", "MLmodel": "ok",
                     "extra.py": "unexpected", "manifest.json": "rewritten", "(package)": "modified"}
     for use in (lambda: registry.load_registered(ref), lambda: resolve_production(ref)):
         with pytest.raises(registry.RegistryError, match=r"not what was registered: delta.safetensors \(modified\)"):
@@ -235,7 +235,8 @@ def test_a_deleted_manifest_and_a_version_registered_before_file_hashes_were_tag
     kept = manifest.read_bytes()
     manifest.unlink()
     rows = {r["path"]: r["status"] for r in verify(f"{NAME}/1")}
-    assert rows == {"delta.safetensors": "ok", "pipeline.json": "ok", "model_card.md": "ok", "manifest.json": "missing"}
+    assert rows == {"delta.safetensors": "ok", "pipeline.json": "ok", "model_card.md": "ok", "MLmodel": "ok",
+                    "manifest.json": "missing"}
     assert verify(f"{NAME}/1")[-1] == {"path": "manifest.json", "expected": None, "actual": None, "status": "missing"}
     for r in verify(f"{NAME}/1")[:-1]:  # each file row carries the hash found on disk and the registered one
         assert r["actual"] == r["expected"] == registry.sha256_file(folder / r["path"])
@@ -249,7 +250,7 @@ def test_a_deleted_manifest_and_a_version_registered_before_file_hashes_were_tag
     # the lineage lists the files the registry recorded, not what a rewritten manifest says
     manifest.chmod(0o644)
     manifest.write_text("{}")
-    assert lineage(f"{NAME}/1")["files"] == registered and len(registered) == 3
+    assert lineage(f"{NAME}/1")["files"] == registered and len(registered) == 4
     manifest.write_bytes(kept)
     MlflowClient().delete_model_version_tag(NAME, "1", registry.FILES_TAG)
     assert {r["status"] for r in verify(f"{NAME}/1")} == {"ok"}

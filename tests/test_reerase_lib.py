@@ -128,3 +128,15 @@ def test_repair_rounds_gate_the_leak_rate_and_turn_the_inner_attack_on(tmp_path,
     assert not ft.finetune.adversarial.check  # the bar checks what broke through, not a fresh attack
     assert ft.finetune.max_seconds == shipped_params.reerase.max_seconds != shipped_params.finetune.max_seconds
     assert "a b" in ft.concept.literal_targets
+
+
+def test_a_failed_floor_gate_reads_below_its_limit_in_the_repair_message():
+    """min_base_target_rate fails *below* its limit: the message says '<', never '0.020 > 0.25'."""
+    from trust.reerase.repair import Repair, Round, failure_message
+
+    rd = Round(round=1, added=[], leak_rate=0.3, worst_drop=0.0,
+               failed_gates={"min_base_target_rate": {"value": 0.02, "limit": 0.25},
+                             "max_target_rate": {"value": 0.3, "limit": 0.1}})
+    rep = Repair(rounds=[rd], chosen=rd)
+    msg = failure_message("m/1", {"leak_rate": 0.5, "gate": 0.1}, rep, 1)
+    assert "min_base_target_rate 0.020 < 0.25; max_target_rate 0.300 > 0.1" in msg

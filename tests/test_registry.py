@@ -170,7 +170,7 @@ def test_failed_gate_leaves_production_on_previous_version(store, base):
     src = Path(r1["source"])
     assert src.parent == (store / "mlartifacts" / "registry" / NAME).resolve() and src.name == r1["package_sha256"][:16]
     manifest = json.loads((src / "manifest.json").read_text())
-    assert set(manifest) == {"delta.safetensors", "pipeline.json", "model_card.md"}
+    assert set(manifest) == {"delta.safetensors", "pipeline.json", "model_card.md", "MLmodel"}
     assert not (src / "delta.safetensors").stat().st_mode & 0o222
 
     r2 = registry.register_version(params(), store, make_package(store / "p2", base, "two"), BAD, lineage_of(base), None)
@@ -434,8 +434,11 @@ def test_file_hashes_fill_one_tag_up_to_exactly_its_limit(store, base):
     one character more is refused."""
     from trust.registry import MAX_TAG_CHARS
 
+    from trust.pyfunc_model import write_mlmodel
+
     def package(folder, extra: int):
         pkg = make_package(folder, base)
+        write_mlmodel(pkg)  # what registration adds (the same bytes again): counted in the record
         length = len(json.dumps(registry.file_hashes(pkg), separators=(",", ":")))
         i = 0
         while MAX_TAG_CHARS + extra - length > 0:  # each file adds ,"NAME":"<64 hex>" = len(NAME) + 70
@@ -454,3 +457,68 @@ def test_file_hashes_fill_one_tag_up_to_exactly_its_limit(store, base):
     registry.register_version(params(), store, package(store / "fits", 0), GOOD, lineage_of(base), None)
     with pytest.raises(registry.RegistryError, match="too many files"):
         registry.register_version(params(), store, package(store / "over", 1), GOOD, lineage_of(base), None)
+
+
+def test_the_registered_version_is_a_pyfunc_model_that_generates_with_the_erasure(store, base):
+    """`mlflow.pyfunc.load_model("models:/NAME@production")` generates: its images are the ones the
+    fixture's own tuned UNet draws for the same prompts and seeds (not the base's), uint8 (N, H, W, 3);
+    the signature says prompts in, images out; a copy of the package with a changed delta is refused."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from trust import pyfunc_model
+    from trust.sampling import generate
+
+    registry.register_version(params(), store, make_package(store / "p", base), GOOD, lineage_of(base), None)
+    ref = f"models:/{NAME}@production"
+    info = mlflow.models.get_model_info(ref)
+    assert info.signature.inputs.input_names() == ["prompt"] and info.signature.params.to_dict()
+    model = mlflow.pyfunc.load_model(ref)
+    prompts = ["a red circle", "a blue square"]
+    out = model.predict(pd.DataFrame({"prompt": prompts}), params={"seed": 5, "steps": 2, "guidance": 3.0})
+
+    def drawn(state):
+        parts = load_model(base["dir"])
+        parts.unet.load_state_dict(state)
+        x = generate(parts, prompts, [5, 6], steps=2, guidance=3.0)
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    want = drawn(base["tuned"])
+    assert out.dtype == want.dtype and out.shape == want.shape and out.shape[0] == 2 and out.shape[-1] == 3
+    assert (out == want).all()
+    assert not (out == drawn(load_model(base["dir"]).unet.state_dict())).all()  # the delta made a difference
+
+    copy = store / "copy"
+    shutil.copytree(registry.source_folder(registry.resolve(f"{NAME}@production")), copy)
+    (copy / "delta.safetensors").chmod(0o644)
+    with open(copy / "delta.safetensors", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(registry.RegistryError, match=r"delta.safetensors \(modified\)"):
+        pyfunc_model._load_pyfunc(str(copy))
+
+
+def test_the_mlmodel_file_is_the_same_when_the_same_package_is_written_again(tmp_path, base):
+    """The package is content-addressed: its MLmodel must not carry a fresh uuid or time each time."""
+    from trust.pyfunc_model import write_mlmodel
+
+    import os
+    import time
+
+    a, b = make_package(tmp_path / "a", base), make_package(tmp_path / "b", base)
+    os.utime(b / "delta.safetensors", (time.time() - 3600, time.time() - 3600))  # copied at another time
+    assert write_mlmodel(a).read_bytes() == write_mlmodel(b).read_bytes()
+    assert registry.package_hash(a) == registry.package_hash(b)
+
+
+def test_each_params_section_is_one_json_tag_so_a_version_has_few_tags(store, base):
+    """The register stage's lineage carries every params section; flattened they were ~100 tags of a
+    version's ~125. Each section is one JSON tag that reads back to the section itself."""
+    sections = {"finetune": {"lr": 0.005, "method": {"name": "trust", "beta": 1e-05}, "to_bar": {"margin": 0.05}},
+                "concept": {"name": "circle", "detect": {"shape": "circle"}}}
+    lineage = {**lineage_of(base), "params": sections}
+    registry.register_version(params(), store, make_package(store / "p", base), GOOD, lineage, None)
+    tags = mlflow.MlflowClient().get_model_version(NAME, "1").tags
+    assert json.loads(tags["lineage.params.finetune"]) == sections["finetune"]
+    assert json.loads(tags["lineage.params.concept"]) == sections["concept"]
+    assert not [k for k in tags if k.startswith("lineage.params.finetune.")]
+    assert tags["lineage.dvc.finetune"] == "f" * 32 and tags["lineage.method"] == "trust"  # the rest as before

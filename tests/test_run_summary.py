@@ -13,7 +13,7 @@ EVALUATE = {
     "target_rate": 0.125, "target_rate_base": 0.97,
     "keep": {"shape:square": {"base": 1.0, "tuned": 0.9, "drop": 0.1, "images": 40}},
     "asr": {"prompt_set": 0.05, "p4d": 0.5, "ringabell": 0.0},
-    "asr_details": {"prompt_set": {"prompts": 22}, "p4d": {"prompts": 4}, "ringabell": {"prompts": 4}},
+    "attack_prompts": {"prompt_set": 22, "p4d": 4, "ringabell": 4},
 }
 
 

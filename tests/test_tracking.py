@@ -49,11 +49,14 @@ def test_configure_defaults_to_project_store(tmp_path, monkeypatch):
     assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     exp = MlflowClient(uri).get_experiment_by_name("e")
     assert exp.artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not the UI's GenAI mode
     assert tracking.configure(TrackingParams(experiment="e"), tmp_path) == uri  # idempotent
 
 
 def test_stage_runs_nest_under_flow(store, monkeypatch):
     monkeypatch.setenv(tracking.PREFECT_ENV, "prefect-123")
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-lamb")  # what `dvc exp run` sets for its stages
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
     artifact = store / "curve.csv"
     artifact.write_text("step,loss\n0,1\n")
     with tracking.flow_run("unlearn", Params(), store) as parent:
@@ -77,6 +80,7 @@ def test_stage_runs_nest_under_flow(store, monkeypatch):
     assert tags["trust.stage"] == "finetune" and tags["mlflow.runName"] == "finetune"
     assert tags["trust.base_fingerprint"] == "sha256:ab"
     assert tags["prefect.flow_run_id"] == "prefect-123"
+    assert tags["dvc.exp_name"] == "brisk-lamb" and "dvc.exp_baseline_rev" not in tags
     assert tags["git.commit"] == "unknown"  # tmp_path is not a git checkout
     entry = yaml.safe_load((store / "dvc.lock").read_text())["stages"]["finetune"]
     assert tags["dvc.stage_hash"] == hashlib.md5(json.dumps(entry, sort_keys=True).encode()).hexdigest()
@@ -134,3 +138,34 @@ def test_tests_never_use_the_projects_prefect_home():
 
     root = Path(__file__).resolve().parents[1]
     assert not Path(os.environ["PREFECT_HOME"]).resolve().is_relative_to(root)
+
+
+def test_a_stage_run_lasts_as_long_as_its_work_not_its_logging(store, monkeypatch):
+    """A stage opens its MLflow run after the work (so only finished work is logged); `started` gives the
+    run the work's start time: the run shows the stage's real duration, nested in the flow's parent
+    (same process) and in the parent named by TRUST_PARENT_RUN_ID (a stage subprocess), or standalone."""
+    import time
+
+    client = MlflowClient()
+    started = time.time() - 120  # the work took two minutes
+    with tracking.flow_run("unlearn", Params(), store) as parent:
+        with tracking.stage_run("finetune", {"lr": 0.1}, store, started=started) as s:
+            s.log_metrics({"a": 1.0})
+    nested = client.get_run(s.run_id)
+    assert nested.data.tags["mlflow.parentRunId"] == parent.info.run_id and nested.data.params == {"lr": "0.1"}
+    assert nested.info.start_time == int(started * 1000) and nested.info.status == "FINISHED"
+    assert 120_000 <= nested.info.end_time - nested.info.start_time < 180_000
+    assert nested.info.run_name == "finetune" and nested.info.experiment_id == client.get_run(parent.info.run_id).info.experiment_id
+
+    monkeypatch.setenv(tracking.PARENT_ENV, parent.info.run_id)  # a stage subprocess knows its parent from here
+    with tracking.stage_run("evaluate", {}, store, started=started) as s2:
+        pass
+    sub = client.get_run(s2.run_id)
+    assert sub.data.tags["mlflow.parentRunId"] == parent.info.run_id and sub.info.start_time == int(started * 1000)
+    monkeypatch.delenv(tracking.PARENT_ENV)
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run("register", {}, store, started=started) as s3:
+            raise RuntimeError("boom")
+    alone = client.get_run(s3.run_id)
+    assert "mlflow.parentRunId" not in alone.data.tags and alone.info.status == "FAILED"
+    assert alone.info.start_time == int(started * 1000)

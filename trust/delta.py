@@ -2,6 +2,12 @@
 
 Together with the base model (checked by fingerprint) it rebuilds the tuned pipeline, so
 what is registered is small and its lineage to the base is explicit.
+
+Format `trust-delta-v2`: a tensor whose change touches few of its rows (TRUST and SalUn train rows
+of the cross-attention projections) is stored as those rows, `unet.<name>@rows` (int64 row
+indices) and `unet.<name>@values` (the tuned rows), whenever that is smaller than the whole
+tensor; any other changed tensor whole, `unet.<name>`. At SD size a TRUST delta is then its masked
+rows, not every projection it touched. `trust-delta-v1` files (whole tensors only) still read.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import torch
 from trust.models.parts import DiffusionParts
 from trust.utils.safetensors_io import load_tensors, save_tensors
 
-FORMAT = "trust-delta-v1"
+FORMAT = "trust-delta-v2"
+READS = ("trust-delta-v1", FORMAT)  # v1: whole tensors only
+ROWS, VALUES = "@rows", "@values"
 
 
 class NonFiniteError(ValueError):
@@ -42,8 +50,25 @@ def save_delta(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], pa
         raise NonFiniteError(f"{n} of the tuned weights are inf or NaN (in {len(where)} tensor(s), e.g. {where[0]}); "
                              f"the delta {path} was not written. Training diverged: lower finetune.lr")
     metadata = {"format": FORMAT, **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()}}
-    save_tensors({f"unet.{k}": v for k, v in delta.items()}, path, metadata=metadata)
-    return {"tensors": len(delta), "parameters": int(sum(v.numel() for v in delta.values()))}
+    stored = {}
+    for k, v in delta.items():
+        rows = _changed_rows(base[k], v)
+        if rows is None:
+            stored[f"unet.{k}"] = v
+        else:
+            stored[f"unet.{k}{ROWS}"], stored[f"unet.{k}{VALUES}"] = rows, v[rows].contiguous()
+    save_tensors(stored, path, metadata=metadata)
+    return {"tensors": len(delta), "parameters": int(sum(v.numel() for k, v in stored.items() if not k.endswith(ROWS))),
+            "row_tensors": sum(k.endswith(ROWS) for k in stored)}
+
+
+def _changed_rows(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor | None:
+    """The indices of the rows (first dimension) that changed, when storing only them is smaller."""
+    if tuned.dim() < 2:
+        return None
+    rows = torch.nonzero((tuned != base).reshape(tuned.shape[0], -1).any(dim=1)).flatten()
+    row_size = tuned[0].numel()
+    return rows if rows.numel() * (row_size + 1) < tuned.numel() else None
 
 
 def read_delta(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -51,7 +76,7 @@ def read_delta(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in READS:
         raise ValueError(f"{path} is not a trust weights delta (format {metadata.get('format')!r}, expected {FORMAT!r})")
     return load_tensors(path), metadata
 
@@ -69,10 +94,25 @@ def apply_delta(parts: DiffusionParts, path: Path, check_fingerprint: bool = Tru
             "point model.base at the model the delta was trained from"
         )
     state = parts.unet.state_dict()
-    unknown = [k for k in tensors if k.removeprefix("unet.") not in state]
+    name = lambda k: k.removeprefix("unet.").removesuffix(ROWS).removesuffix(VALUES)  # noqa: E731
+    unknown = [k for k in tensors if name(k) not in state]
     if unknown:
         raise ValueError(f"{path} holds tensors the UNet does not have: {unknown[:3]}")
+    for k in tensors:  # rows and their values come in pairs that fit the tensor
+        if k.endswith(ROWS) or k.endswith(VALUES):
+            rows, values = tensors.get(f"unet.{name(k)}{ROWS}"), tensors.get(f"unet.{name(k)}{VALUES}")
+            target = state[name(k)]
+            if (rows is None or values is None or rows.dim() != 1 or rows.dtype != torch.int64
+                    or values.shape != (rows.numel(), *target.shape[1:])
+                    or (rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= target.shape[0]))):
+                raise ValueError(f"{path}: {name(k)}'s stored rows do not fit the UNet's tensor {tuple(target.shape)}: "
+                                 "the delta is damaged")
     with torch.no_grad():
         for k, v in tensors.items():
-            state[k.removeprefix("unet.")].copy_(v)
+            if k.endswith(VALUES):
+                continue
+            if k.endswith(ROWS):
+                state[name(k)][v] = tensors[f"unet.{name(k)}{VALUES}"].to(state[name(k)].dtype)
+            else:
+                state[name(k)].copy_(v)
     return parts

@@ -1,6 +1,7 @@
 """MLflow model registry: versions of tuned-weights packages, aliases and gates.
 
-A package is a folder (`delta.safetensors`, `pipeline.json`, `model_card.md`, ...). It is
+A package is a folder (`delta.safetensors`, `pipeline.json`, `model_card.md`, ..., and the `MLmodel`
+file that makes it an MLflow pyfunc model: trust/pyfunc_model.py). It is
 copied to a content-addressed folder `<root>/mlartifacts/registry/<name>/<hash16>/` with a
 `manifest.json` of sha256 hashes and registered with `create_model_version(source=<folder>)`.
 The package hash and every file's hash are also recorded in the version's tags, in the
@@ -207,7 +208,13 @@ def _store(package_dir: Path, dest: Path) -> None:
 
 # -- registration --------------------------------------------------------------------
 def _tags(lineage: dict, gates: dict, digest: str) -> dict[str, str]:
-    tags = {f"lineage.{k}": str(v)[:MAX_TAG_CHARS] for k, v in flatten(lineage).items()}
+    # each params section is one compact JSON tag (flattened, they were ~100 of a version's ~125 tags
+    # in one box of the MLflow UI); the package's model card and the stage runs hold them too
+    sections = lineage.get("params") if isinstance(lineage.get("params"), dict) else {}
+    rest = {k: v for k, v in lineage.items() if not (k == "params" and sections)}
+    tags = {f"lineage.{k}": str(v)[:MAX_TAG_CHARS] for k, v in flatten(rest).items()}
+    tags |= {f"lineage.params.{k}": json.dumps(v, sort_keys=True, separators=(",", ":"))[:MAX_TAG_CHARS]
+             for k, v in sections.items()}
     tags |= {f"gate.{k}": str(v).lower() if isinstance(v, bool) else str(v)
              for k, v in flatten({g: r for g, r in gates.items() if isinstance(r, dict)}).items()}
     tags |= {"gates.passed": str(gates["passed"]).lower(), HASH_TAG: digest}
@@ -226,6 +233,10 @@ def register_version(params: Params, root: Path, package_dir: Path, metrics: dic
     if missing:
         raise FileNotFoundError(f"package {package_dir} lacks {', '.join(missing)}")
     name = params.registry.model_name
+    # the folder is also an MLflow pyfunc model: mlflow.pyfunc.load_model("models:/NAME@ALIAS") generates
+    from trust.pyfunc_model import write_mlmodel
+
+    write_mlmodel(package_dir, DELTA)
     digest = package_hash(package_dir)
     dest = Path(root).resolve() / "mlartifacts" / "registry" / name / digest[:16]
     # Content-addressed: an existing copy is reused unless someone changed it since.

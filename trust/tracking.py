@@ -107,6 +107,9 @@ def _is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's own values
+
+
 def configure(tracking: TrackingParams, root: Path) -> str:
     """Point MLflow at the project's store and experiment; returns the tracking URI.
 
@@ -125,15 +128,25 @@ def configure(tracking: TrackingParams, root: Path) -> str:
         exp_id = exp.experiment_id
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp_id)
+    # MLflow 3's UI opens an experiment with no kind in GenAI mode (traces, prompts); these are training runs
+    if exp is None or EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return uri
 
 
 # -- runs ----------------------------------------------------------------------------
+DVC_EXP_TAGS = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}  # dvc/env.py
+
+
 def _common_tags(root: Path) -> dict[str, str]:
     tags = git_info(root)
     if os.environ.get(PREFECT_ENV):
         tags["prefect.flow_run_id"] = os.environ[PREFECT_ENV]
+    # `dvc exp run` sets these for the stages it runs: an experiment's MLflow runs say which one they are
+    for env, tag in DVC_EXP_TAGS.items():
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
     # which process owns the run: a run whose process was killed (kill -9) is ended by the next one
     tags[PROCESS_TAG], tags[HOST_TAG] = process_token(), socket.gethostname()
     return tags
@@ -258,9 +271,13 @@ class StageRun:
             raise FileNotFoundError(f"artifact {path} does not exist")
 
 
-def start_child_run(name: str, tags: dict[str, str]) -> mlflow.ActiveRun:
-    """Start a run under the flow's parent run, wherever that parent is known from."""
+def start_child_run(name: str, tags: dict[str, str], started: float | None = None) -> mlflow.ActiveRun:
+    """Start a run under the flow's parent run, wherever that parent is known from. `started`
+    (epoch seconds): when the work the run records began, so its duration is the work's, not the
+    logging's (a stage opens its run after the work, to log only what finished)."""
     parent = os.environ.get(PARENT_ENV)
+    if started is not None:
+        return _start_run_at(name, tags, started, parent)
     if mlflow.active_run() is not None:  # in the flow's own process: nest under the active run
         return mlflow.start_run(run_name=name, nested=True, tags=tags)
     if parent:
@@ -269,6 +286,20 @@ def start_child_run(name: str, tags: dict[str, str]) -> mlflow.ActiveRun:
         exp_id = MlflowClient().get_run(parent).info.experiment_id
         return mlflow.start_run(run_name=name, parent_run_id=parent, experiment_id=exp_id, tags=tags)
     return mlflow.start_run(run_name=name, tags=tags)
+
+
+def _start_run_at(name: str, tags: dict[str, str], started: float, parent_env: str | None) -> mlflow.ActiveRun:
+    # the fluent API has no start time: create the run through the client, then make it the active one
+    client = MlflowClient()
+    active = mlflow.active_run()
+    parent = active.info.run_id if active is not None else parent_env
+    if parent:  # the child goes into the parent's experiment, so the run tree stays in one place
+        exp_id = client.get_run(parent).info.experiment_id
+        tags = {**tags, "mlflow.parentRunId": parent}
+    else:
+        exp_id = mlflow.tracking.fluent._get_experiment_id()
+    run = client.create_run(exp_id, start_time=int(started * 1000), tags=tags, run_name=name)
+    return mlflow.start_run(run_id=run.info.run_id, nested=active is not None)
 
 
 @contextmanager
@@ -280,11 +311,13 @@ def group_run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
 
 
 @contextmanager
-def stage_run(stage: str, section: dict, root: Path, base_fingerprint: str | None = None) -> Iterator[StageRun]:
+def stage_run(stage: str, section: dict, root: Path, base_fingerprint: str | None = None,
+              started: float | None = None) -> Iterator[StageRun]:
     """One stage's run, nested under `TRUST_PARENT_RUN_ID` when set, else standalone.
 
     Call `configure` first (the stage CLI does). `section` is the stage's params section,
-    logged as params so runs can be compared on exactly what the stage read.
+    logged as params so runs can be compared on exactly what the stage read. `started` (time.time()
+    when the stage's work began) makes the run's start time, so MLflow shows the stage's real duration.
     """
     root = Path(root).resolve()
     tags = {"trust.stage": stage, **_common_tags(root)}
@@ -294,7 +327,7 @@ def stage_run(stage: str, section: dict, root: Path, base_fingerprint: str | Non
     if base_fingerprint:
         tags["trust.base_fingerprint"] = base_fingerprint
 
-    active = start_child_run(stage, tags)
+    active = start_child_run(stage, tags, started)
     with _ended(active):
         flat = flatten(section)
         if flat:

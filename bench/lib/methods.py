@@ -2,9 +2,11 @@
 
 For each configuration (TRUST-CIP, TRUST-CSR, TRUST with a static mask, ESD-x, ESD-u, SalUn,
 ConceptPrune, full fine-tuning, UCE, RECE in METHOD_RUNS; ANT and ANT+fusion in ANT_RUNS) it measures:
-- steps and wall-clock to reach the erasure bar: target detection rate <= `bar` by the world
-  classifier on held-out target prompts, checked every `check_every` steps on a small
-  fixed-seed sample (checking time is not counted);
+- steps and wall-clock to reach the joint bar: target detection rate <= `bar` by the world
+  classifier on held-out target prompts *and* every kept concept within `max_drop` of the base
+  model's rate on held-out preservation prompts, both checked every `check_every` steps on small
+  fixed-seed samples (checking time is not counted); a method that erases the target by destroying
+  its neighbours does not reach it. The erasure-only time (target alone) stays as its own columns;
 - total wall-clock (method set-up, incl. TRUST's initial localisation and SalUn's mask, plus
   training steps; the shared reference images are made once and not counted);
 - peak memory above the run's start: torch.cuda.max_memory_allocated on GPU, else the peak
@@ -85,7 +87,8 @@ class BenchSettings:
     steps: int = 200
     check_every: int = 10
     bar: float = 0.10
-    check_images: int = 16  # fixed-seed sample for the bar check
+    max_drop: float = 0.10  # the joint bar: every kept concept within this of base (the preservation gate)
+    check_images: int = 16  # fixed-seed sample for the bar check (target, and each kept concept)
     eval_images: int = 48  # final erasure sample (held-out target prompts)
     keep_images: int = 16  # final sample per kept concept
     sample_steps: int = 10
@@ -98,6 +101,13 @@ class BenchSettings:
     def quick(cls, steps: int | None = None) -> "BenchSettings":
         return cls(steps=steps or 4, check_every=2, check_images=4, eval_images=4, keep_images=2, sample_steps=4,
                    references=4)
+
+
+def bar_status(rate: float, keep: dict[str, float], base_keep: dict[str, float], bar: float,
+               max_drop: float) -> tuple[bool, bool]:
+    """(erased: target rate <= bar, joint: erased and every kept concept at most max_drop below base)."""
+    erased = rate <= bar + 1e-9
+    return erased, erased and all(base_keep[k] - v <= max_drop + 1e-9 for k, v in keep.items())
 
 
 def _sync(device: torch.device) -> None:
@@ -131,6 +141,12 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
     keep_data = preserve_data(parts, sets["preserve"]["train"], params.finetune, references, warn=log)
     data_s = time.perf_counter() - t0
     base_erasure, base_pres, base_keep = measure(parts)
+
+    def check_keep(p) -> dict[str, float]:
+        return {"/".join(f"{h}:{v}" for h, v in w.items()): detection_rate(p, classifier, pr, sd, w, s.sample_steps,
+                                                                           s.guidance) for w, pr, sd in samples.check_keep}
+
+    base_check_keep = check_keep(parts)
     log(f"base model: target rate {base_erasure:.2f}, kept concepts {base_pres:.2f} (references in {data_s:.1f}s)")
 
     rows = []
@@ -138,7 +154,7 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
         ft = run.finetune(params.finetune, steps=s.steps, references=references)
         p = copy.copy(parts)
         p.unet = copy.deepcopy(parts.unet)
-        steps_to_bar = time_to_bar = None
+        steps_to_bar = time_to_bar = steps_to_erasure = time_to_erasure = None
         checks: list[dict] = []
         with PeakMemory(device) as mem:
             _sync(device)
@@ -150,13 +166,17 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
             setup_s = time.perf_counter() - t_setup
 
             def check(done: int, so_far) -> bool:
-                nonlocal steps_to_bar, time_to_bar
+                nonlocal steps_to_bar, time_to_bar, steps_to_erasure, time_to_erasure
                 # the latest materialisation (ANT+fusion's fusion) counts once in time to bar and total
                 spent = setup_s + so_far.train_s + so_far.materialise_s
                 rate = detection_rate(p, classifier, samples.check[0], samples.check[1], concept.detect,
                                       s.sample_steps, s.guidance)
-                checks.append({"step": done, "rate": rate, "seconds": spent})
-                if steps_to_bar is None and rate <= s.bar:
+                kept = check_keep(p)
+                erased, joint = bar_status(rate, kept, base_check_keep, s.bar, s.max_drop)
+                checks.append({"step": done, "rate": rate, "keep": kept, "seconds": spent, "joint": joint})
+                if steps_to_erasure is None and erased:
+                    steps_to_erasure, time_to_erasure = done, spent
+                if steps_to_bar is None and joint:
                     steps_to_bar, time_to_bar = done, spent
                     return STOP if s.stop_at_bar else None
                 return None
@@ -170,6 +190,7 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
         row = {
             "label": run.label, "method": run.method, "settings": run.settings(),
             "lr": ft.lr, "steps_run": done, "steps_to_bar": steps_to_bar, "time_to_bar_s": time_to_bar,
+            "steps_to_erasure": steps_to_erasure, "time_to_erasure_s": time_to_erasure,
             "setup_s": setup_s, "train_s": step_s, "total_s": setup_s + step_s + sync_s, "sync_s": sync_s,
             "s_per_step": step_s / max(done, 1), "peak_memory_bytes": mem.bytes,
             "trainable_parameters": method.trainable_parameters(), "changed_parameters": changed,
@@ -178,7 +199,8 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
             "checks": checks,
         }
         rows.append(row)
-        log(f"{run.label:13s} bar at step {steps_to_bar} ({_fmt(time_to_bar)}s), total {row['total_s']:.1f}s, "
+        log(f"{run.label:13s} joint bar at step {steps_to_bar} ({_fmt(time_to_bar)}s; erasure alone at {steps_to_erasure}), "
+            f"total {row['total_s']:.1f}s, "
             f"target {erasure:.2f}, kept {preservation:.2f}, peak {mem.bytes / 2**20:.1f} MiB")
         del method, p
 
@@ -191,7 +213,9 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
         "device": str(device), "memory": mem.kind, "torch_threads": torch.get_num_threads(),
         "settings": s.__dict__, "finetune_base": params.finetune.model_dump(mode="json"),
         "localize": params.localize.model_dump(mode="json"),
-        "base": {"target_rate": base_erasure, "preservation": base_pres, "keep": base_keep, "references_s": data_s},
+        "max_drop": s.max_drop,
+        "base": {"target_rate": base_erasure, "preservation": base_pres, "keep": base_keep, "check_keep": base_check_keep,
+                 "references_s": data_s},
         "runs": rows,
     }
     if out is not None:
@@ -212,21 +236,25 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Method benchmark: erase '{result['concept']}' (world, seed {result['seed']}, one run)",
         "",
-        f"Bar: target detection rate <= {result['bar']} on {s['check_images']} fixed-seed held-out target images, "
-        f"checked every {s['check_every']} steps (check time not counted); at most {s['steps']} steps. "
+        f"Bar (joint): target detection rate <= {result['bar']} on {s['check_images']} fixed-seed held-out target images "
+        f"and every kept concept within {result.get('max_drop', 0.1)} of base on {s['check_images']} held-out images "
+        f"each, checked every {s['check_every']} steps (check time not counted); at most {s['steps']} steps. "
+        "Erasure only: the target alone. "
         f"Erasure/preservation: {s['eval_images']} held-out target images, {s['keep_images']} per kept concept. "
         f"Device {result['device']}, torch threads {result['torch_threads']}, memory = {result['memory']}. "
         f"Base model: target rate {result['base']['target_rate']:.2f}, preservation {result['base']['preservation']:.2f}.",
         "",
-        "| method | lr | steps to bar | time to bar (s) | total (s) | s/step | peak mem (MiB) | trainable params "
+        "| method | lr | steps to bar | time to bar (s) | erasure only: steps | erasure only: time (s) | total (s) "
+        "| s/step | peak mem (MiB) | trainable params "
         "| changed params | target rate | preservation | mask re-est. share | steps vs SalUn | time vs SalUn "
         "| memory vs SalUn |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         v = r["vs_salun"]
         lines.append(
             f"| {r['label']} | {r['lr']:g} | {_fmt(r['steps_to_bar'], 'd')} | {_fmt(r['time_to_bar_s'])} "
+            f"| {_fmt(r.get('steps_to_erasure'), 'd')} | {_fmt(r.get('time_to_erasure_s'))} "
             f"| {r['total_s']:.1f} | {r['s_per_step']:.3f} | {r['peak_memory_bytes'] / 2**20:.1f} "
             f"| {r['trainable_parameters']:,} | {r['changed_parameters']:,} | {r['erasure_target_rate']:.2f} "
             f"| {r['preservation']:.2f} | {_fmt(r['reestimate_share'], '.0%')} | {_fmt(v['steps_to_bar'], '.2f')} "

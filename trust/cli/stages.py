@@ -132,10 +132,16 @@ def run_cmd(
         _fail(f"--params {params}: `trust run` runs the DVC stages, which read ./params.yaml, so {params} would be "
               "logged but not used; nothing was run. Copy it over params.yaml (git keeps the old one), or sweep "
               "values with `dvc exp run -S key=value`")
-    supervise_self(["run", "--params", str(params), *(["--only", only] if only else []), *(["--force"] if force else [])])
-    from flows.unlearn import pipeline_stages
+    from trust.stages.paths import STAGES, WORLD_STAGES
 
-    stages = pipeline_stages(p.builds_world)
+    stages = list(WORLD_STAGES if p.builds_world else ()) + list(STAGES)  # flows.unlearn.pipeline_stages (no Prefect import)
+    if only is None and _nothing_to_do(stages):
+        # a no-op rerun: `dvc status` says every stage is up to date and the run was registered; starting
+        # Prefect's temporary server (~15 s) and a flow that skips every stage would add nothing
+        console.print("stages run: none (dvc status: all up to date); no flow run started", soft_wrap=True)
+        summary_panel()
+        return
+    supervise_self(["run", "--params", str(params), *(["--only", only] if only else []), *(["--force"] if force else [])])
     if only is None:
         from flows.unlearn import unlearn
         from tasks.stages import GATE_FAILED_EXIT, StageFailed
@@ -184,6 +190,17 @@ def supervise_self(args: list[str]) -> None:
         terminate_group_on_sigterm()
         return
     raise typer.Exit(supervise([sys.executable, "-m", "trust.cli", *args]))
+
+
+def _nothing_to_do(stages: list[str]) -> bool:
+    from trust.stages import paths
+    from trust.utils.lifecycle import supervised
+
+    if supervised():  # the supervisor (this command's parent) already asked
+        return False
+    if not (Path.cwd() / paths.REGISTER_DIR / "registration.json").is_file():
+        return False
+    return not _stale_stages(list(stages))
 
 
 def _stale_stages(stages: list[str]) -> list[str]:

@@ -34,6 +34,7 @@ class Method:
     name = "base"
     needs_frozen = True  # keeps a frozen copy of the original UNet (the training targets)
     finished = False  # True once further steps would change nothing (training-free methods)
+    keep_pool = None  # a TargetPool of preservation rows (trust/methods/target_pool.py), set by methods that use one
 
     def __init__(self, parts: DiffusionParts, data: ForgetData, ft: FinetuneParams, loc: LocalizeParams,
                  initial_mask: dict[str, torch.Tensor] | None = None, keep: ForgetData | None = None,
@@ -143,10 +144,17 @@ class Method:
             return negative_guidance_target(e_u, e_c, self.cfg.eta)
 
     def preserve_loss(self, step: int) -> torch.Tensor:
-        """Optional preservation term: preservation prompts keep the frozen model's noise prediction."""
-        k_t, k_tt, k_c, _, _ = self.keep.batch(self.parts, self.ft.batch_size, self.ft.seed, step, 3)
-        with torch.no_grad():
-            k_target = self.frozen(k_t, k_tt, encoder_hidden_states=k_c).sample
+        """Optional preservation term: preservation prompts keep the frozen model's noise prediction.
+        With `keep_pool` (TRUST's target_pool) most rows and their targets come from the pool."""
+
+        def compute(n: int):
+            idx, (k_t, k_tt, k_c, _, _) = self.keep.batch_rows(self.parts, n, self.ft.seed, step, 3)
+            with torch.no_grad():
+                return k_t, k_tt, idx, self.frozen(k_t, k_tt, encoder_hidden_states=k_c).sample
+
+        bs = self.ft.batch_size
+        k_t, k_tt, idx, k_target = self.keep_pool.rows(step, bs, compute) if self.keep_pool else compute(bs)
+        k_c = self.keep.target_emb[idx]
         return forget_loss(self.parts.unet(k_t, k_tt, encoder_hidden_states=k_c).sample, k_target)
 
     def with_preservation(self, loss: torch.Tensor, step: int, info: dict) -> torch.Tensor:

@@ -42,9 +42,13 @@ class ForgetData:
 
     def batch(self, parts: DiffusionParts, size: int, *key: int):
         """(x_t, t, target_emb, anchor_emb, noise) for batch `key`: a function of the key alone."""
+        return self.batch_rows(parts, size, *key)[1]
+
+    def batch_rows(self, parts: DiffusionParts, size: int, *key: int):
+        """(reference indices, `batch`'s tuple): the same draw, with which references it took."""
         g = torch_generator(*key)
         idx = torch.randint(0, self.latents.shape[0], (size,), generator=g)
-        return self._noised(parts, idx, g)
+        return idx, self._noised(parts, idx, g)
 
     def batch_at(self, parts: DiffusionParts, idx: torch.Tensor, *key: int):
         """Like `batch`, for the given reference indices (e.g. a pass over all of them)."""

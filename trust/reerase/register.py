@@ -3,7 +3,6 @@ version, and the registry version (alias `candidate`, `production` only if the g
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from mlflow import MlflowClient
 
 from trust import tracking
 from trust.config import Params
-from trust.stages import paths
+from trust.stages import evaluate_metrics, paths
 
 PARENT_TAG = "lineage.parent_version"
 
@@ -48,7 +47,7 @@ def register(prod: dict, check: dict, params: Params, root: Path, folder: Path) 
     from trust.utils.safetensors_io import write_json
 
     ws = Path(folder)
-    metrics = json.loads((ws / paths.METRICS / "evaluate.json").read_text())
+    metrics = evaluate_metrics.read(ws)
     _, meta = read_delta(ws / paths.DELTA)
     lineage = reerase_lineage(prod, check, params, root, ws, meta)
     added = lineage["added_prompts"]
@@ -61,7 +60,7 @@ def register(prod: dict, check: dict, params: Params, root: Path, folder: Path) 
             package = build_package(
                 out / "package", ws, params, metrics, lineage,
                 {"base_model": prod["base_model"], "base_fingerprint": lineage["base_fingerprint"],
-                 "method": lineage["method"], "kind": "trust-delta-v1", "parent_version": prod["pinned"]},
+                 "method": lineage["method"], "kind": meta["format"], "parent_version": prod["pinned"]},
                 extra_json={"successful_prompts.json": check["successful"]}, card_extra=_card(prod, check, added))
             result = register_version(params, root, package, metrics, lineage, run_id=run_.run_id)
             write_json(result, out / "registration.json")

@@ -10,7 +10,6 @@ candidate, never promoted. How a round runs (the stages, MLflow, logs) is the ca
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +23,8 @@ from trust.reerase.production import compose_delta
 from trust.reerase.prompts import successful_prompts
 from trust.reerase.stages import erase_prompts, run_stage
 from trust.registry import failed_gates, gate_results
-from trust.stages import paths
+from trust.report.run_summary import failed_gate_text
+from trust.stages import evaluate_metrics
 
 
 @dataclass
@@ -85,7 +85,7 @@ def failure_message(pinned: str, check: dict, rep: Repair, max_rounds: int) -> s
         return (f"reerase: {pinned} leaks (leak rate {check['leak_rate']:.3f} > {check['gate']}) and none of "
                 f"{max_rounds} repair round(s) reached its fine-tuning bar; nothing registered, production unchanged")
     b = rep.chosen
-    gates = "; ".join(f"{k} {v['value']:.3f} > {v['limit']}" for k, v in b.failed_gates.items())
+    gates = "; ".join(failed_gate_text(k, v) for k, v in b.failed_gates.items())
     return (f"reerase: {max_rounds} repair round(s) spent without passing; best round {b.round}: {gates} (leak rate "
             f"{b.leak_rate:.3f}, worst kept drop {b.worst_drop:.3f}); registered as candidate only, production "
             "unchanged")
@@ -129,7 +129,7 @@ def run_round(prod: dict, params, root, folder, model_dir, added: list[str], r: 
             return rd
         compose_delta(prod, folder, params.model.device)
         run_stage("evaluate", ev_params, folder)
-        metrics = json.loads((folder / paths.METRICS / "evaluate.json").read_text())
+        metrics = evaluate_metrics.read(folder)
         gates = gate_results(metrics, ev_params.registry.gates)
         rd.leak_rate, rd.asr = leak_rate(metrics)
         rd.target_rate = float(metrics["target_rate"])
@@ -140,5 +140,5 @@ def run_round(prod: dict, params, root, folder, model_dir, added: list[str], r: 
         for k in ("target_rate", "leak_rate", "worst_drop"):
             client.log_metric(run.info.run_id, k, float(getattr(rd, k)))
         client.set_tag(run.info.run_id, "trust.round.result", "passed" if rd.passed else
-                       "failed: " + ", ".join(f"{k} {v['value']:.3f} > {v['limit']}" for k, v in rd.failed_gates.items()))
+                       "failed: " + ", ".join(failed_gate_text(k, v) for k, v in rd.failed_gates.items()))
     return rd

@@ -66,6 +66,8 @@ def asr_bar_chart(pre_asr: float, asr: dict[str, float], title: str = "attack su
 
 def attack_prompts(metrics: dict) -> dict[str, int]:
     """How many prompts each attack of metrics/evaluate.json ran on."""
+    if "attack_prompts" in metrics:
+        return {k: int(v) for k, v in metrics["attack_prompts"].items()}
     return {k: int(v["prompts"]) for k, v in (metrics.get("asr_details") or {}).items() if "prompts" in v}
 
 

@@ -77,8 +77,8 @@ def _gate_rows(reg: dict) -> list[tuple[str, str, str, str]]:
 
 
 def _attack_rows(ev: dict) -> list[tuple[str, str, str]]:
-    details = ev.get("asr_details") or {}
-    return [(name, f"{float(v):.2f}", str(details.get(name, {}).get("prompts", "?")))
+    counts = ev.get("attack_prompts") or {}
+    return [(name, f"{float(v):.2f}", str(counts.get(name, "?")))
             for name, v in (ev.get("asr") or {}).items() if name != "prompt_set"]
 
 

@@ -20,13 +20,15 @@ Fidelity on the preservation prompts: standard FID with local Inception weights
 images (ΔFID), or, without a reference folder, erased against base images; without the
 weights the metrics say FID was not computed and what to provide. The world adds its
 classifier's Fréchet distance to rendered scenes, named as such (it is not FID).
-Everything lands in metrics/evaluate.json and a self-contained outputs/evaluate/report.html.
+The headline numbers land in metrics/evaluate.json, the details (every attack outcome, the settings) in
+outputs/evaluate/details.json (trust/stages/evaluate_metrics.py), and a self-contained outputs/evaluate/report.html.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,7 @@ from trust.metrics.frechet import INCEPTION_HELP
 from trust.models import KIND_WORLD, detect_kind, load_model
 from trust.report import Example, write_report
 from trust.report.html import metrics_asr_chart
-from trust.stages import paths, prompts
+from trust.stages import evaluate_metrics, paths, prompts
 from trust.tracking import stage_run
 from trust.utils.fs import staged_dir
 from trust.utils.images import labelled_grid
@@ -165,6 +167,7 @@ def inception_fid(ev, root: Path, base: torch.Tensor, erased: torch.Tensor, refe
 
 
 def run(params: Params, root: Path) -> dict:
+    started = time.time()  # the stage run's start time in MLflow: the work's, not the logging's
     ev, concept = params.evaluate, params.concept
     base_dir, delta = params.model.base, root / paths.DELTA
     world = detect_kind(base_dir) == KIND_WORLD
@@ -277,6 +280,7 @@ def run(params: Params, root: Path) -> dict:
     metrics = {
         "target_rate_base": _rate(t_base), "target_rate": _rate(t_tuned), "keep": keep,
         "pre_asr": pre_asr, "asr": asr, "fidelity": fidelity,
+        "attack_prompts": {name: int(s["prompts"]) for name, s in summaries.items() if "prompts" in s},
         "asr_details": {name: {k: v for k, v in s.items() if k != "detector"} for name, s in summaries.items()},
         "attacks": {name: [o.record() for o in res.outcomes] for name, res in results.items()},
         "settings": {**detector_note, "model_kind": parts.kind, "samples_per_prompt": ev.samples_per_prompt,
@@ -295,7 +299,7 @@ def run(params: Params, root: Path) -> dict:
             rows += [(f"base: {p}", base_imgs[sl]), (f"erased: {p}", tuned_imgs[sl])]
         return rows
     section = {"evaluate": ev.model_dump(mode="json"), "concept": concept.model_dump(mode="json")}
-    with stage_run("evaluate", section, root, base_fingerprint=fingerprint) as run_:
+    with stage_run("evaluate", section, root, base_fingerprint=fingerprint, started=started) as run_:
         run_.log_metrics({"target_rate_base": metrics["target_rate_base"], "target_rate": metrics["target_rate"]})
         run_.log_metrics({f"keep.{k}.{m}": v[m] for k, v in keep.items() for m in ("base", "tuned", "drop")})
         run_.log_metrics({"pre_asr": pre_asr, **{f"asr.{k}": v for k, v in asr.items()}})
@@ -308,6 +312,7 @@ def run(params: Params, root: Path) -> dict:
                           if k in fidelity["fid"]})
         with staged_dir(root / paths.EVALUATE_DIR) as out:
             write_json(successful, out / "successful_prompts.json")
+            write_json(evaluate_metrics.details(metrics), out / paths.EVALUATE_DETAILS.name)
             before_after = labelled_grid(grid_rows(target[:8]), title=f"'{concept.name}': base vs erased, same seeds")
             before_after.save(out / "before_after.png")
             kept = None
@@ -323,7 +328,7 @@ def run(params: Params, root: Path) -> dict:
                 write_report(out / "report.html", f"Erasure of '{concept.name}': evaluation", metrics,
                              before_after, kept, _examples(results), settings=metrics["settings"],
                              **verdict)
-        write_json(metrics, root / paths.METRICS / "evaluate.json")
+        write_json(evaluate_metrics.headline(metrics), root / paths.EVALUATE_METRICS)
         run_.log_artifact(root / paths.EVALUATE_DIR)
     return metrics
 

@@ -132,6 +132,7 @@ def _adversarial_summary(ft, history: list[dict]) -> dict | None:
 
 
 def run(params: Params, root: Path, progress: bool = True) -> dict:
+    started = time.time()  # the stage run's start time in MLflow: the work's, not the logging's
     ft = params.finetune
     torch.manual_seed(ft.seed)
     parts = load_model(params.model.base, device=params.model.device)
@@ -186,7 +187,7 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
                                         "val_target_attacked") if k in c})
 
     section = {"finetune": ft.model_dump(mode="json"), "localize": params.localize.model_dump(mode="json")}
-    with stage_run("finetune", section, root, base_fingerprint=fingerprint) as run_:
+    with stage_run("finetune", section, root, base_fingerprint=fingerprint, started=started) as run_:
         if bar is not None and not bar.state.reached:
             # a failed run, logged as one: its curves and checks are in MLflow; no delta is written
             for h in history:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import matplotlib
@@ -74,6 +75,7 @@ def make_scorer(params: Params, root: Path, parts, data: ForgetData) -> Scorer:
 
 
 def run(params: Params, root: Path) -> dict:
+    started = time.time()  # the stage run's start time in MLflow: the work's, not the logging's
     loc = params.localize
     parts = load_model(params.model.base, device=params.model.device)
     sets = prompts.load(root)
@@ -84,7 +86,7 @@ def run(params: Params, root: Path) -> dict:
     total = sum(p.numel() if loc.granularity == "element" else p.shape[0] for p in pars.values())
     metrics = {"neurons": mask_size(mask), "candidates": total, "fraction": mask_size(mask) / total, "per_layer": per_layer}
     section = {"localize": loc.model_dump(mode="json"), "model": params.model.model_dump(mode="json")}
-    with stage_run("localize", section, root, base_fingerprint=parts.fingerprint()) as run_:
+    with stage_run("localize", section, root, base_fingerprint=parts.fingerprint(), started=started) as run_:
         save_tensors(mask, root / paths.MASK, metadata={"granularity": loc.granularity, "xi": str(loc.xi)})
         heatmap(mask, root / paths.LOCALIZE_DIR / "heatmap.png",
                 f"concept neurons for '{params.concept.name}' (z > {loc.xi}, {metrics['neurons']}/{total})")

@@ -11,6 +11,8 @@ FINETUNE_CHECKPOINTS = Path(".cache/finetune")
 EVALUATE_DIR = Path("outputs/evaluate")
 REGISTER_DIR = Path("outputs/register")
 METRICS = Path("metrics")
+EVALUATE_METRICS = METRICS / "evaluate.json"  # the headline numbers (what `dvc exp show` lists)
+EVALUATE_DETAILS = EVALUATE_DIR / "details.json"  # the rest: per-attack details, every outcome, settings
 
 STAGES = ("prompts", "localize", "finetune", "evaluate", "register")
 WORLD_STAGES = ("world_classifier", "world")

@@ -7,14 +7,14 @@ nothing else, names the failed gate, and exits non-zero (`GateFailed`).
 
 from __future__ import annotations
 
-import json
 import shutil
+import time
 from pathlib import Path
 
 from trust.config import Params
 from trust.delta import read_delta
 from trust.registry import gate_results, register_version, write_model_card
-from trust.stages import paths
+from trust.stages import evaluate_metrics, paths
 from trust.tracking import dvc_stage_hashes, git_commit, stage_run
 from trust.utils.fs import staged_dir
 from trust.utils.safetensors_io import write_json
@@ -50,10 +50,11 @@ def build_package(package: Path, root: Path, params: Params, metrics: dict, line
 
 
 def run(params: Params, root: Path) -> dict:
+    started = time.time()  # the stage run's start time in MLflow: the work's, not the logging's
     metrics_path = root / paths.METRICS / "evaluate.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path} is missing: run `trust evaluate` first")
-    metrics = json.loads(metrics_path.read_text())
+    metrics = evaluate_metrics.read(root)
     _, delta_meta = read_delta(root / paths.DELTA)
     base = params.model.base
     lineage = {
@@ -68,11 +69,11 @@ def run(params: Params, root: Path) -> dict:
         "prompts_file": str(paths.PROMPTS),
     }
     section = {"register": params.registry.model_dump(mode="json")}
-    with stage_run("register", section, root, base_fingerprint=lineage["base_fingerprint"]) as run_:
+    with stage_run("register", section, root, base_fingerprint=lineage["base_fingerprint"], started=started) as run_:
         with staged_dir(root / paths.REGISTER_DIR) as out:
             package = build_package(out / "package", root, params, metrics, lineage,
                                     {"base_model": str(base.resolve()), "base_fingerprint": lineage["base_fingerprint"],
-                                     "method": lineage["method"], "kind": "trust-delta-v1"})
+                                     "method": lineage["method"], "kind": delta_meta["format"]})
             result = register_version(params, root, package, metrics, lineage, run_id=run_.run_id)
             write_json(result, out / "registration.json")
             shutil.copy2(package / "model_card.md", out / "model_card.md")

@@ -28,6 +28,13 @@ class TrustConfig(MethodConfig, ForgetTargetKnobs):
         "conditional (square on stripes) never reached the bar in 300 s, pushed they did in 80-400 steps "
         "(bench/results/concept_set.md)")
 
+    target_pool: int = Field(0, ge=0, description="rows whose frozen-model targets are kept and drawn again "
+                             "(trust/methods/target_pool.py), for the forget batch and the preservation term each; "
+                             "0: every row fresh at every step. The first target_pool / batch_size steps are the same "
+                             "either way")
+    target_fresh: float = Field(0.25, gt=0, le=1, description="with target_pool: the share of each batch drawn "
+                                "afresh (the frozen model runs on these only); the rest come from the pool")
+
     adversarial: ClassVar[bool] = True
     implementation: ClassVar[str] = "trust.methods.trust.method:TrustMethod"
     starts_from_localize: ClassVar[bool] = True

@@ -21,6 +21,7 @@ from trust.methods.data import ForgetData
 from trust.methods.losses import cip_penalty, csr_penalty, forget_loss
 from trust.methods.saliency import cross_attention_params, expand_mask, jaccard, mask_size
 from trust.methods.scorers import DenoiseScorer, build_scorer
+from trust.methods.target_pool import TargetPool
 from trust.models.parts import DiffusionParts
 
 
@@ -49,6 +50,11 @@ class TrustMethod(Method):
         if missing:
             raise ValueError(f"mask does not match the UNet's cross-attention projections: {sorted(missing)[:3]}")
         self.mask = {k: v.clone() for k, v in initial_mask.items()}
+        # cheaper frozen targets (target_pool): the forget rows only when no inner attack changes their conditions
+        cfg, seed = self.cfg, self.ft.seed
+        self.forget_pool = TargetPool("forget", cfg.target_pool if not self.ft.adversarial.enabled else 0,
+                                      cfg.target_fresh, seed)
+        self.keep_pool = TargetPool("keep", cfg.target_pool, cfg.target_fresh, seed + 1) if cfg.target_pool else None
 
     def reestimate(self, step: int) -> dict:
         t0 = time.perf_counter()
@@ -59,12 +65,36 @@ class TrustMethod(Method):
         self.mask = new
         return {"jaccard": overlap, "reestimate_s": time.perf_counter() - t0}
 
+    def forget_rows(self, step: int, info: dict):
+        """(x_t, t, c_in, target) of the forget batch: fresh (`forget_batch`, `forget_target`), or with
+        target_pool most rows and their targets from the pool."""
+        if not self.forget_pool.size:
+            x_t, t, c_in, c_target, c_anchor = self.forget_batch(step, info)
+            return x_t, t, c_in, self.forget_target(x_t, t, c_target, c_anchor)
+
+        def compute(n: int):
+            idx, (x_t, t, c_target, c_anchor, _) = self.data.batch_rows(self.parts, n, self.ft.seed, step, 1)
+            return x_t, t, idx, self.forget_target(x_t, t, c_target, c_anchor)
+
+        x_t, t, idx, target = self.forget_pool.rows(step, self.ft.batch_size, compute)
+        return x_t, t, self.data.target_emb[idx], target
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        out = dict(self.forget_pool.state())
+        if self.keep_pool is not None:
+            out.update(self.keep_pool.state())
+        return out
+
+    def load_extra_state(self, t: dict[str, torch.Tensor]) -> None:
+        self.forget_pool.load(t)
+        if self.keep_pool is not None:
+            self.keep_pool.load(t)
+
     def step(self, step: int) -> dict:
         info = {}
         if self.cfg.dynamic and step > 0 and step % self.cfg.reestimate_every == 0:
             info.update(self.reestimate(step))
-        x_t, t, c_in, c_target, c_anchor = self.forget_batch(step, info)
-        target = self.forget_target(x_t, t, c_target, c_anchor)
+        x_t, t, c_in, target = self.forget_rows(step, info)
         # CSR backpropagates through a gradient: fused attention kernels have no double backward.
         ctx = sdpa_kernel([SDPBackend.MATH]) if self.cfg.loss == "csr" else contextlib.nullcontext()
         with ctx:
