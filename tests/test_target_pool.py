@@ -50,13 +50,23 @@ ROWS = [{"prompt": "a red circle", "anchor": "a plain background"},
 KEEP = [{"prompt": "a red square", "anchor": None}, {"prompt": "a blue triangle", "anchor": None}]
 
 
-def _method(shipped_world, **knobs):
+@pytest.fixture(scope="module")
+def world_data(shipped_world):
+    """The forget and preservation data and the starting mask, made once (sampling them is the slow part)."""
+    data = ForgetData.build(shipped_world, ROWS, references=4, seed=0)
+    keep = ForgetData.build(shipped_world, KEEP, references=4, seed=1)
+    loc = LocalizeParams(batch_size=4, xi=1.0)
+    parts = copy.copy(shipped_world)
+    parts.unet = copy.deepcopy(shipped_world.unet)  # saliency takes gradients: never on the shared model
+    unet = parts.unet
+    mask = denoise_saliency(unet, unet, cross_attention_params(unet, loc.modules), data, parts, loc, 0, 0)
+    return data, keep, loc, mask
+
+
+def _method(shipped_world, world_data, **knobs):
     parts = copy.copy(shipped_world)
     parts.unet = copy.deepcopy(shipped_world.unet)
-    data = ForgetData.build(parts, ROWS, references=4, seed=0)
-    keep = ForgetData.build(parts, KEEP, references=4, seed=1)
-    loc = LocalizeParams(batch_size=4, xi=1.0)
-    mask = denoise_saliency(parts.unet, parts.unet, cross_attention_params(parts.unet, loc.modules), data, parts, loc, 0, 0)
+    data, keep, loc, mask = world_data
     ft = FinetuneParams(preserve_weight=1.0).updated(batch_size=4, dynamic=False, lr=0.02, **knobs)
     m = TrustMethod(parts, data, ft, loc, mask, keep=keep)
     rows = []
@@ -74,9 +84,9 @@ def _weights(m):
     return {k: p.detach().clone() for k, p in m.params.items()}
 
 
-def test_trust_with_a_pool_runs_the_frozen_model_on_fewer_rows_and_its_first_steps_are_unchanged(shipped_world):
-    plain, plain_rows = _method(shipped_world)
-    pooled, pooled_rows = _method(shipped_world, target_pool=8, target_fresh=0.25)
+def test_trust_with_a_pool_runs_the_frozen_model_on_fewer_rows_and_its_first_steps_are_unchanged(shipped_world, world_data):
+    plain, plain_rows = _method(shipped_world, world_data)
+    pooled, pooled_rows = _method(shipped_world, world_data, target_pool=8, target_fresh=0.25)
     for s in range(2):  # 8 rows / batch 4: two filling steps, the same draws as without a pool
         plain.step(s), pooled.step(s)
     assert all(torch.equal(a, b) for a, b in zip(_weights(plain).values(), _weights(pooled).values()))
@@ -96,16 +106,16 @@ def test_trust_with_a_pool_runs_the_frozen_model_on_fewer_rows_and_its_first_ste
     assert not torch.equal(target, pooled.forget_target(x_t, t, pooled.data.anchor_emb[idx], pooled.data.anchor_emb[idx]))
 
 
-def test_a_resumed_run_with_a_pool_repeats_an_uninterrupted_one(shipped_world):
-    straight, _ = _method(shipped_world, target_pool=8)
+def test_a_resumed_run_with_a_pool_repeats_an_uninterrupted_one(shipped_world, world_data):
+    straight, _ = _method(shipped_world, world_data, target_pool=8)
     for s in range(6):
         straight.step(s)
-    first, _ = _method(shipped_world, target_pool=8)
+    first, _ = _method(shipped_world, world_data, target_pool=8)
     for s in range(3):
         first.step(s)
     state = {k: v.clone() for k, v in first.state_tensors().items()}
     assert "pool.forget.count" in state and "pool.keep.0" in state
-    resumed, _ = _method(shipped_world, target_pool=8)
+    resumed, _ = _method(shipped_world, world_data, target_pool=8)
     resumed.load_state_tensors(state)
     for s in range(3, 6):
         resumed.step(s)
