@@ -14,12 +14,8 @@ from flows.notify import notify_failure
 from tasks.stages import GATE_FAILED_EXIT, StageFailed, run_stage
 from trust.config import load_params
 from trust.report import run_summary
-from trust.stages.paths import STAGES, WORLD_STAGES
+from trust.stages.paths import pipeline_stages
 from trust import tracking
-
-
-def pipeline_stages(uses_world: bool) -> list[str]:
-    return list(WORLD_STAGES if uses_world else ()) + list(STAGES)
 
 
 @flow(name="unlearn", log_prints=True, flow_run_name=namer("unlearn"), on_failure=[notify_failure])

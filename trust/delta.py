@@ -98,15 +98,13 @@ def apply_delta(parts: DiffusionParts, path: Path, check_fingerprint: bool = Tru
     unknown = [k for k in tensors if name(k) not in state]
     if unknown:
         raise ValueError(f"{path} holds tensors the UNet does not have: {unknown[:3]}")
-    for k in tensors:  # rows and their values come in pairs that fit the tensor
-        if k.endswith(ROWS) or k.endswith(VALUES):
-            rows, values = tensors.get(f"unet.{name(k)}{ROWS}"), tensors.get(f"unet.{name(k)}{VALUES}")
-            target = state[name(k)]
-            if (rows is None or values is None or rows.dim() != 1 or rows.dtype != torch.int64
-                    or values.shape != (rows.numel(), *target.shape[1:])
-                    or (rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= target.shape[0]))):
-                raise ValueError(f"{path}: {name(k)}'s stored rows do not fit the UNet's tensor {tuple(target.shape)}: "
-                                 "the delta is damaged")
+    for n in {name(k) for k in tensors if k.endswith((ROWS, VALUES))}:  # each rows/values pair fits its tensor
+        rows, values, target = tensors.get(f"unet.{n}{ROWS}"), tensors.get(f"unet.{n}{VALUES}"), state[n]
+        if (rows is None or values is None or rows.dim() != 1 or rows.dtype != torch.int64
+                or values.shape != (rows.numel(), *target.shape[1:])
+                or (rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= target.shape[0]))):
+            raise ValueError(f"{path}: {n}'s stored rows do not fit the UNet's tensor {tuple(target.shape)}: "
+                             "the delta is damaged")
     with torch.no_grad():
         for k, v in tensors.items():
             if k.endswith(VALUES):

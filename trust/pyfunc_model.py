@@ -18,8 +18,6 @@ store, `trust lineage`) stays the authority on whether a version's package was c
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 MLMODEL = "MLmodel"
@@ -47,8 +45,10 @@ def write_mlmodel(package: Path, delta: str = "delta.safetensors") -> Path:
     import yaml
     from mlflow.models import Model
 
+    from trust.registry import sha256_file
+
     package = Path(package)
-    digest = hashlib.sha256((package / delta).read_bytes()).hexdigest()
+    digest = sha256_file(package / delta)
     model = Model(signature=signature(), model_uuid=digest[:32])
     mlflow.pyfunc.add_to_model(model, loader_module=__name__)
     spec = {k: v for k, v in model.to_dict().items() if k != "utc_time_created"}
@@ -90,9 +90,7 @@ def _prompts(data) -> list[str]:
 
 
 def _load_pyfunc(path: str) -> ErasedPipeline:
-    from trust.delta import apply_delta
-    from trust.models import load_model
-    from trust.registry import DELTA, PIPELINE, RegistryError, check_files
+    from trust.registry import RegistryError, check_files, rebuild
 
     folder = Path(path)
     # MLflow adds one file of its own to a copy it downloads for a models:/ reference
@@ -100,9 +98,4 @@ def _load_pyfunc(path: str) -> ErasedPipeline:
            if r["status"] != "ok" and not (r["status"] == "unexpected" and r["path"] == MLFLOW_ADDS)]
     if bad:
         raise RegistryError(f"{folder}: the package is not what was stored ({', '.join(bad)}); refusing to load it")
-    spec = json.loads((folder / PIPELINE).read_text())
-    base = spec.get("base_model")
-    if not base or not Path(base).exists():
-        raise RegistryError(f"{folder / PIPELINE}: base model {base!r} does not exist on this machine (fingerprint "
-                            f"{spec.get('base_fingerprint')}); the pyfunc model applies its delta to that local folder")
-    return ErasedPipeline(apply_delta(load_model(Path(base)), folder / DELTA), folder)
+    return ErasedPipeline(rebuild(folder, f"pyfunc model {folder}")[0], folder)

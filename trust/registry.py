@@ -330,9 +330,6 @@ def load_registered(ref: str, device: str = "cpu"):
 def open_registered(ref: str, device: str = "cpu", action: str = "load it"):
     """`load_registered`, and the version, its verified package folder and its pipeline.json:
     (parts, ModelVersion, folder, spec), for callers that also record what they loaded."""
-    from trust.delta import apply_delta
-    from trust.models import load_model
-
     mv = resolve(ref)
     folder = verified_folder(mv, ref, action)
     if not folder.is_dir():
@@ -341,13 +338,22 @@ def open_registered(ref: str, device: str = "cpu", action: str = "load it"):
     for f in (PIPELINE, DELTA):
         if not (folder / f).is_file():
             raise RegistryError(f"{ref} (v{mv.version}): package {folder} has no {f}")
+    parts, spec = rebuild(folder, f"{ref} (v{mv.version})", device)
+    return parts, mv, folder, spec
+
+
+def rebuild(folder: Path, label: str, device: str = "cpu"):
+    """(parts, pipeline.json) of a checked package folder: its recorded base model with its delta applied
+    (`apply_delta` refuses another base). `label` names the package in the error."""
+    from trust.delta import apply_delta
+    from trust.models import load_model
+
     spec = json.loads((folder / PIPELINE).read_text())
     base = spec.get("base_model")
     if not base or not Path(base).exists():
-        raise RegistryError(f"{ref} (v{mv.version}): base model {base!r} recorded in {folder / PIPELINE} "
+        raise RegistryError(f"{label}: base model {base!r} recorded in {folder / PIPELINE} "
                             f"does not exist (fingerprint {spec.get('base_fingerprint')}); restore it at that path")
-    parts = load_model(Path(base), device=device)
-    return apply_delta(parts, folder / DELTA), mv, folder, spec
+    return apply_delta(load_model(Path(base), device=device), folder / DELTA), spec
 
 
 # -- model card ----------------------------------------------------------------------

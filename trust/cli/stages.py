@@ -132,9 +132,9 @@ def run_cmd(
         _fail(f"--params {params}: `trust run` runs the DVC stages, which read ./params.yaml, so {params} would be "
               "logged but not used; nothing was run. Copy it over params.yaml (git keeps the old one), or sweep "
               "values with `dvc exp run -S key=value`")
-    from trust.stages.paths import STAGES, WORLD_STAGES
+    from trust.stages.paths import pipeline_stages
 
-    stages = list(WORLD_STAGES if p.builds_world else ()) + list(STAGES)  # flows.unlearn.pipeline_stages (no Prefect import)
+    stages = pipeline_stages(p.builds_world)
     if only is None and _nothing_to_do(stages):
         # a no-op rerun: `dvc status` says every stage is up to date and the run was registered; starting
         # Prefect's temporary server (~15 s) and a flow that skips every stage would add nothing
@@ -200,7 +200,7 @@ def _nothing_to_do(stages: list[str]) -> bool:
         return False
     if not (Path.cwd() / paths.REGISTER_DIR / "registration.json").is_file():
         return False
-    return not _stale_stages(list(stages))
+    return not _stale_stages(stages)
 
 
 def _stale_stages(stages: list[str]) -> list[str]:

@@ -46,7 +46,7 @@ def unlearn_summary(root: Path, failed_stage: str | None = None, error: str | No
     def current(stage: str) -> bool:
         return stale_from is None or paths.STAGES.index(stage) < stale_from
 
-    ev = _read(root / paths.METRICS / "evaluate.json") if current("evaluate") else None
+    ev = _read(root / paths.EVALUATE_METRICS) if current("evaluate") else None
     reg = _read(root / paths.REGISTER_DIR / "registration.json") if current("register") else None
     # the register stage writes registration.json before it fails on a gate: a gate failure is its verdict
     if reg is None and failed_stage == "register" and gate_failed:

@@ -16,3 +16,8 @@ EVALUATE_DETAILS = EVALUATE_DIR / "details.json"  # the rest: per-attack details
 
 STAGES = ("prompts", "localize", "finetune", "evaluate", "register")
 WORLD_STAGES = ("world_classifier", "world")
+
+
+def pipeline_stages(uses_world: bool) -> list[str]:
+    """The stages `trust run` runs, in order: the world's first when the params build it."""
+    return list(WORLD_STAGES if uses_world else ()) + list(STAGES)

@@ -51,7 +51,7 @@ def build_package(package: Path, root: Path, params: Params, metrics: dict, line
 
 def run(params: Params, root: Path) -> dict:
     started = time.time()  # the stage run's start time in MLflow: the work's, not the logging's
-    metrics_path = root / paths.METRICS / "evaluate.json"
+    metrics_path = root / paths.EVALUATE_METRICS
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path} is missing: run `trust evaluate` first")
     metrics = evaluate_metrics.read(root)
