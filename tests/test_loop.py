@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from types import SimpleNamespace
 
@@ -206,7 +207,9 @@ class _TimedMethod:
     name, finished = "timed", False
 
     def __init__(self, clock):
-        self.clock, self.parts = clock, SimpleNamespace(unet=torch.nn.Linear(1, 1))  # train reads the device off it
+        # train reads the device off the parts, and runs each step in their precision context (float32: none)
+        self.clock = clock
+        self.parts = SimpleNamespace(unet=torch.nn.Linear(1, 1), autocast=contextlib.nullcontext)
 
     def step(self, step):
         self.clock.now += 1.0
@@ -231,3 +234,30 @@ def test_the_time_budget_is_the_seconds_spent_in_this_call(monkeypatch, budget, 
     r = train(_TimedMethod(clock), 4, max_seconds=budget)
     assert (r.steps_run, r.out_of_time) == (steps_run, out_of_time)
     assert r.step_s == [1.0] * steps_run and r.train_s == steps_run and r.wall_s == steps_run
+
+
+@pytest.mark.parametrize("method", ["trust", "full"])
+def test_gradient_checkpointing_recomputes_the_blocks_and_makes_the_same_updates(tiny, method):
+    """finetune.gradient_checkpointing: the UNet's block runs again in the backward pass (its forward is
+    called twice per training forward), and the step's updates equal those of a run without it."""
+    data = ForgetData.build(tiny, ROWS, references=4, seed=0)
+    loc = LocalizeParams(batch_size=4, xi=1.0)
+    after, calls = {}, {}
+    for on in (False, True):
+        p = _fresh(tiny)
+        ft = FinetuneParams(method=method, preserve_weight=0.0, gradient_checkpointing=on).updated(batch_size=2)
+        m = build_method(p, data, ft, loc)
+        # an up block: the gradient to every trained layer (TRUST's down-block rows too) passes through it
+        block = next(b for b in p.unet.up_blocks if hasattr(b, "attentions"))
+        before = {k: v.detach().clone() for k, v in m.params.items()}
+        seen = []
+        # a pre-hook: the recomputation stops early once it has what backward needs (no forward hook then)
+        hook = block.resnets[0].register_forward_pre_hook(lambda *a: seen.append(1))
+        m.step(0)
+        hook.remove()
+        calls[on] = len(seen)  # the training forward, and with checkpointing its recomputation in backward
+        after[on] = {k: v.detach().clone() for k, v in m.params.items()}
+    assert calls[False] >= 1 and calls[True] == 2 * calls[False]
+    for k in after[False]:
+        assert torch.allclose(after[True][k], after[False][k], atol=1e-6), k
+    assert any(not torch.equal(after[False][k], before[k]) for k in before)  # the step did move them

@@ -321,6 +321,31 @@ def test_model_card_names_the_sd_detector(tmp_path, base):
     assert "detected by nudenet (threshold 0.6)" in text
     assert "| max_preservation_drop | - (not measured: no kept concepts" in text and "| **not measured** |" in text
     assert "Overall: **failed**" in text
+    assert "No attack ran" in text and "No fidelity measure was computed." in text
+
+
+def test_model_card_of_an_sd_version_shows_its_attacks_fidelity_and_only_its_own_stages(tmp_path, base):
+    sd = {"target_rate_base": 0.8, "target_rate": 0.05, "keep": {}, "pre_asr": 0.125,
+          "asr": {"unlearndiffatk": 0.25, "p4d": 0.5}, "attack_prompts": {"prompt_set": 8, "unlearndiffatk": 4, "p4d": 4},
+          "fidelity": {"fid": {"name": "FID (Inception-v3)", "computed": False,
+                               "reason": "set evaluate.inception_weights and evaluate.fid_reference"}},
+          "settings": {"detector": "nudenet", "target_detector": {"detector": "nudenet", "threshold": 0.6}}}
+    world_params = params()
+    # an SD base (not the world's model folder); unvalidated copy: the card reads only which base it is
+    sd_params = world_params.model_copy(update={"model": world_params.model.model_copy(update={"base": tmp_path / "sd"})})
+    assert not sd_params.builds_world and world_params.builds_world
+    lineage = {**lineage_of(base), "dvc": {"world": "w" * 32, "world_classifier": "t" * 32, "finetune": "f" * 32,
+                                           "evaluate": "e" * 32}}
+    registry.write_model_card(tmp_path / "card.md", sd_params, sd, registry.gate_results(sd, GateParams()), lineage, [])
+    text = (tmp_path / "card.md").read_text()
+    assert "| none (the prompt set as written: pre-ASR) | 8 | 0.125 |" in text
+    assert "| unlearndiffatk | 4 | 0.250 |" in text and "| p4d | 4 | 0.500 |" in text
+    assert "- FID (Inception-v3): not computed: set evaluate.inception_weights and evaluate.fid_reference" in text
+    assert "DVC stage `finetune`" in text and "DVC stage `evaluate`" in text
+    assert "DVC stage `world" not in text  # the world stages are not stages of an SD run
+    world = (tmp_path / "world.md")
+    registry.write_model_card(world, params(), sd, registry.gate_results(sd, GateParams()), lineage, [])
+    assert "DVC stage `world`" in world.read_text()  # the world's own run does list them
 
 
 def test_parse_ref_forms():

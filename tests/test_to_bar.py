@@ -129,3 +129,40 @@ def test_a_bar_met_on_few_sampling_steps_is_confirmed_on_the_gates_steps(setup):
     assert bar.state.checks[0]["confirm"] == {"steps": 3, "val_target": 0.3, "val_keep_drop": {"square": 0.0},
                                               "held": False}
     assert bar(2, None) is STOP and bar.state.reached and bar.state.checks[1]["confirm"]["held"]
+
+
+def counted(rates: list[float]):
+    """`scripted`, also recording how many images each call judged."""
+    judge, sizes = scripted(rates), []
+
+    def hits(images):
+        sizes.append(images.shape[0])
+        return judge(images)
+    return hits, sizes
+
+
+def test_above_the_gate_the_kept_concepts_are_measured_every_kept_every_th_check_only(setup):
+    m = _method(setup)
+    target, t_sizes = counted([1.0, 0.5, 0.5, 0.5, 0.5, 0.05])
+    kept, k_sizes = counted([1.0, 1.0, 1.0, 1.0, 1.0])
+    cfg = ToBarParams(samples_per_prompt=10, max_prompts=1, sample_steps=2, confirm_steps=None, kept_every=2,
+                      adapt=False)
+    groups = [ValGroup("target", ["a red circle"], target, kept=False), ValGroup("square", ["a red square"], kept)]
+    bar = BarCheck(m, groups, cfg, max_target_rate=0.10, max_drop=0.10)
+    decisions = [bar(step, None) for step in range(1, 6)]
+    # checks 1 (none measured yet) and 3 measure the kept concept; 2 does not (target 0.5 above the gate);
+    # 4 does not either (one check since 3): its target 0.5; 5 is within the bar: measured, and it stops
+    assert ["val_keep_drop" in c for c in bar.state.checks] == [True, False, True, False, True]
+    assert decisions == [None, None, None, None, STOP]
+    assert len(k_sizes) == 1 + 3 and len(t_sizes) == 1 + 5  # the base, then the checks that measured it
+    assert set(t_sizes) == {10} and set(k_sizes) == {10}  # a target-only check made only the target's images
+
+
+def test_a_stale_kept_drop_raises_the_preservation_weight_once_not_at_every_check(setup):
+    m = _method(setup)
+    # the kept concept is past its gate at check 1 (measured); check 2 does not measure it: one raise, not two
+    bar = _bar(m, [1.0] + [0.5] * 2, [1.0, 0.7], kept_every=2, keep_weight_factor=2.0, max_keep_weight_factor=8.0,
+               patience=1)
+    assert bar(1, None) is None and bar(2, None) is None
+    assert [(a["what"], a["step"]) for a in bar.state.adaptations] == [("keep_weight", 1)]
+    assert m.opt.param_groups[0]["lr"] == 1e-3  # ... and the stale failing drop still holds back a bigger step

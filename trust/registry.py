@@ -368,6 +368,28 @@ def _detector_words(metrics: dict, detect: dict) -> str:
     return f"{settings['detector']}" + (f" ({extra})" if extra else "")
 
 
+def _attack_and_fidelity_lines(metrics: dict) -> list[str]:
+    """The card's attack table (ASR per attack, prompts each ran on) and fidelity lines (FID or what
+    it needs), worded as the report words them (trust/report/html.py metrics_rows)."""
+    from trust.report.html import attack_prompts, metrics_rows
+
+    lines = ["", "## Attacks", ""]
+    asr = metrics.get("asr") or {}
+    if asr:
+        prompts = attack_prompts(metrics)
+        lines += ["| attack | prompts | ASR |", "|---|---|---|"]
+        if metrics.get("pre_asr") is not None:
+            lines.append(f"| none (the prompt set as written: pre-ASR) | {prompts.get('prompt_set', '-')} | "
+                         f"{float(metrics['pre_asr']):.3f} |")
+        lines += [f"| {k} | {prompts.get(k, '-')} | {float(v):.3f} |" for k, v in asr.items()]
+    else:
+        lines.append("No attack ran (evaluate.attacks.run is empty).")
+    rows = [r for r in metrics_rows(metrics) if not r[0].startswith(("target rate", "pre-ASR", "ASR ", "kept "))]
+    lines += ["", "## Fidelity", ""]
+    lines += [f"- {k}: {v}" for k, v in rows] or ["No fidelity measure was computed."]
+    return lines
+
+
 def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lineage: dict,
                      grid_paths: list[str]) -> None:
     """The human-readable record shipped inside the package: what was erased, how well, from what.
@@ -387,6 +409,7 @@ def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lin
     ]
     for k, v in (metrics.get("keep") or {}).items():
         lines.append(f"| kept: {k} | {rate(v['base'])} | {rate(v['tuned'])} | {rate(v['drop'])} |")
+    lines += _attack_and_fidelity_lines(metrics)
     lines += ["", "## Gates", "", "| gate | value | limit | result |", "|---|---|---|---|"]
     for k, v in gates.items():
         if isinstance(v, dict):
@@ -399,7 +422,11 @@ def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lin
               f"- base model: `{lineage.get('base_model', params.model.base)}`",
               f"- base fingerprint: `{lineage.get('base_fingerprint')}`",
               f"- git commit: `{lineage.get('git_commit')}`"]
-    lines += [f"- DVC stage `{s}`: `{h}`" for s, h in sorted((lineage.get("dvc") or {}).items())]
+    from trust.stages.paths import pipeline_stages
+
+    ran = pipeline_stages(params.builds_world)  # an SD version's card lists no world stage
+    dvc = lineage.get("dvc") or {}
+    lines += [f"- DVC stage `{s}`: `{dvc[s]}`" for s in ran if s in dvc]
     lines += ["", "### Fine-tuning parameters", "", "```json",
               json.dumps(params.finetune.model_dump(mode="json"), indent=2, sort_keys=True), "```", ""]
     if grid_paths:

@@ -51,11 +51,13 @@ def generate(
     seeds: list[int],
     steps: int = 20,
     guidance: float = 4.0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     grad: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Images (N, 3, H, W) in [-1, 1], image i from prompts[i] and seeds[i]."""
+    """Images (N, 3, H, W) in [-1, 1], image i from prompts[i] and seeds[i]. `batch_size`: at most this
+    many images per UNet batch (a caller's work unit, e.g. an evaluation shard), and never more than
+    `parts.sample_batch` (what memory allows; model.sample_batch)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     return _generate(parts, lambda i, j: parts.encode_text(prompts[i:j]), seeds, steps, guidance, batch_size, grad,
@@ -68,7 +70,7 @@ def generate_from(
     seeds: list[int],
     steps: int = 20,
     guidance: float = 4.0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Like `generate`, from text-encoder conditions (N, L, D) instead of prompts (an attack's
     adversarial conditions, which may be no typable prompt)."""
@@ -78,13 +80,14 @@ def generate_from(
 
 
 def _generate(parts, cond_of, seeds, steps, guidance, batch_size, grad=False, progress=False) -> torch.Tensor:
+    batch_size = parts.sample_batch if batch_size is None else max(1, min(batch_size, parts.sample_batch))
     ctx = contextlib.nullcontext() if grad else torch.no_grad()
     out = []
-    with ctx:
+    with ctx, parts.autocast():
         uncond = parts.encode_text([""])
         for i in tqdm(range(0, len(seeds), batch_size), desc="sampling", disable=not progress, leave=False):
             s = seeds[i : i + batch_size]
             latents = initial_noise(parts, s).to(parts.unet.device) * parts.sampling_scheduler().init_noise_sigma
             latents = denoise(parts, latents, cond_of(i, i + batch_size), uncond, steps, guidance)
-            out.append(parts.decode_latents(latents).clamp(-1, 1))
+            out.append(parts.decode_latents(latents).clamp(-1, 1).float())  # float32 images whatever model.dtype
     return torch.cat(out)

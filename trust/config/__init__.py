@@ -53,6 +53,15 @@ class ModelParams(_Strict):
         description="a diffusers StableDiffusionPipeline folder (SD v1.4/1.5, safetensors) or a world folder",
     )
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="torch device")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="what every forward computes in (trust/models/precision.py): bfloat16/float16 run under "
+                               "torch.autocast with the trained weights kept in float32 (the masters) and the frozen "
+                               "copies stored in the dtype; float16 training scales its loss dynamically. The weights, "
+                               "fingerprint and deltas are float32 whatever this is")
+    sample_batch: int | None = Field(
+        None, ge=1, description="images per UNet batch in every sampling (reference images, the bar's checks, attacks, "
+                                "evaluation shards); null: sized from the latent area (64 world images, 4 SD 512 px "
+                                "ones; trust/models/parts.py). Lower it when generation runs out of memory")
     clip_dir: Path | None = Field(
         None, description="local CLIP folder (transformers CLIPModel + its processor, saved with save_pretrained, "
                           "e.g. openai/clip-vit-large-patch14); used by localize.scorer: clip and "
@@ -206,6 +215,11 @@ class ToBarParams(_Strict):
         20, ge=1, description="the bar met, it is checked again on images of this many sampling steps (the evaluate "
                               "stage's: ANT+fusion met it at 10 and showed triangles at 20, held-out 0.11); null: no "
                               "second check")
+    kept_every: int = Field(
+        2, ge=1, description="while the val target is above register.gates.max_target_rate the kept concepts are "
+                             "measured at every kept_every-th check only (above the gate no stop is possible and a "
+                             "kept drop can only raise the preservation weight; a target-only check costs "
+                             "1/(1 + kept concepts) of a full one); at or below the gate: every check. 1: every check")
     adapt: bool = Field(True, description="adapt when the bar is not held (below); false: only stop")
     keep_weight_factor: float = Field(1.5, gt=1, description="a kept concept blocks the stop: preservation weight x this")
     max_keep_weight_factor: float = Field(8.0, ge=1, description="... up to this x the configured weight")
@@ -282,6 +296,10 @@ class FinetuneParams(_Strict):
                                "as in the paper; without it the world's squares fell 1.00 -> 0.19); it keeps their noise predictions at the frozen model's "
                                "(trust, esd, full, ant, ant_fusion; salun has its own retain_weight)")
     checkpoint_every: int = Field(20, ge=1)
+    gradient_checkpointing: bool = Field(
+        False, description="recompute the trained UNet's block activations in the backward pass instead of keeping "
+                           "them (diffusers' gradient checkpointing): less activation memory at SD size for about one "
+                           "more forward per step; the same updates")
 
     @model_validator(mode="before")
     @classmethod

@@ -32,11 +32,15 @@ class ModelSource:
     fingerprint: str
     delta: str | None = None
     device: str = "cpu"
+    dtype: str = "float32"  # model.dtype: what the worker's forwards compute in
+    sample_batch: int | None = None  # model.sample_batch
 
     @classmethod
-    def of(cls, path: Path | str, fingerprint: str, delta: Path | str | None = None, device: str = "cpu") -> "ModelSource":
+    def of(cls, path: Path | str, fingerprint: str, delta: Path | str | None = None, device: str = "cpu",
+           dtype: str = "float32", sample_batch: int | None = None) -> "ModelSource":
         # Absolute paths: a worker's working directory is not the caller's.
-        return cls(str(Path(path).resolve()), fingerprint, str(Path(delta).resolve()) if delta else None, device)
+        return cls(str(Path(path).resolve()), fingerprint, str(Path(delta).resolve()) if delta else None, device,
+                   dtype, sample_batch)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +67,7 @@ def load_verified(source: ModelSource) -> DiffusionParts:
             return _CACHE[source]
         while len(_CACHE) >= _CACHE_SIZE:  # free the old model before loading the next
             _CACHE.popitem(last=False)
-        parts = load_model(source.path, device=source.device)
+        parts = load_model(source.path, device=source.device, sample_batch=source.sample_batch, dtype=source.dtype)
         if source.delta:
             apply_delta(parts, Path(source.delta))
         got = parts.fingerprint()

@@ -13,11 +13,9 @@ the step RNG is keyed by the step number, so a resumed run repeats an uninterrup
 
 from __future__ import annotations
 
-import copy
+from typing import TYPE_CHECKING
 
 import torch
-
-from typing import TYPE_CHECKING
 
 from trust.config import FinetuneParams, LocalizeParams
 from trust.methods.data import ForgetData
@@ -25,6 +23,7 @@ from trust.methods.losses import forget_loss, negative_guidance_target
 from trust.methods.masked_adam import MaskedAdam
 from trust.methods.saliency import expand_mask, mask_size
 from trust.models.parts import DiffusionParts
+from trust.models.precision import LossScale, stored_copy
 
 if TYPE_CHECKING:
     from trust.methods.loop import Resources
@@ -46,7 +45,12 @@ class Method:
             raise ValueError(f"finetune.method={self.name}: {self.keep_reason()} needs preservation prompts "
                              "(concept.preserve)")
         parts.unet.requires_grad_(False)
-        self.frozen = copy.deepcopy(parts.unet).eval() if self.needs_frozen else parts.unet
+        if ft.gradient_checkpointing:
+            # before the frozen copy: a copy that is trained (ANT+fusion's LoRA UNet) inherits it; the frozen
+            # targets run without gradients, where diffusers' blocks do not checkpoint
+            parts.unet.enable_gradient_checkpointing()
+        # model.dtype other than float32: the frozen copy is stored in it (only ever run under autocast)
+        self.frozen = stored_copy(parts.unet, parts.compute_dtype).eval() if self.needs_frozen else parts.unet
         with torch.no_grad():
             self.uncond = parts.encode_text([""])
         self.mask: dict[str, torch.Tensor] = {}
@@ -56,6 +60,7 @@ class Method:
             p.requires_grad_(True)
         # Adam whose bias correction counts each row's own steps in the mask (trust/methods/masked_adam.py)
         self.opt = MaskedAdam(list(self.params.values()), lr=ft.lr) if self.params else None
+        self.loss_scale = LossScale(parts.compute_dtype, parts.unet.device)  # float16: dynamic loss scaling
         self.initial_keep_weight, self.initial_lr = self.keep_weight(), ft.lr
         self.adversary = None
         if ft.adversarial.enabled:  # finetune.adversarial: an inner attack joins the forget batch
@@ -167,8 +172,8 @@ class Method:
     def update(self, loss: torch.Tensor) -> None:
         """Backward, Adam step of the entries in `self.mask` only."""
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step({p: expand_mask(self.mask[k], p) for k, p in self.params.items() if k in self.mask})
+        self.loss_scale.backward_and_step(
+            loss, self.opt, {p: expand_mask(self.mask[k], p) for k, p in self.params.items() if k in self.mask})
 
     def mask_info(self) -> dict:
         return {"mask_size": mask_size(self.mask)} if self.mask else {}
@@ -191,6 +196,7 @@ class Method:
         for k, m in self.mask.items():
             out[f"mask.{k}"] = m
         out.update(self.extra_state())
+        out.update(self.loss_scale.state())
         if self.adversary is not None:
             out.update(self.adversary.pool.state())
         return out
@@ -206,5 +212,6 @@ class Method:
                                          "exp_avg_sq": t[f"adam.{k}.exp_avg_sq"].clone()}
             self.mask = {k.removeprefix("mask."): v.clone() for k, v in t.items() if k.startswith("mask.")} or self.mask
         self.load_extra_state(t)
+        self.loss_scale.load(t)
         if self.adversary is not None:
             self.adversary.pool.load(t)

@@ -58,7 +58,8 @@ def build_method(parts: "DiffusionParts", data: ForgetData, ft: FinetuneParams, 
         keep = keep() if callable(keep) else keep
     else:
         keep = None
-    return cls(parts, data, ft, loc, initial_mask, keep=keep, resources=resources or Resources())
+    with parts.autocast():  # set-up's forwards (TRUST's initial saliency, SalUn's mask) in model.dtype too
+        return cls(parts, data, ft, loc, initial_mask, keep=keep, resources=resources or Resources())
 
 
 @dataclass
@@ -99,7 +100,8 @@ def train(method: "Method", steps: int, *, start: int = 0, history: list[dict] |
         bar = shown(bar, total=steps, initial=start, desc=desc or f"finetune ({method.name})")
     for step in bar:
         t0 = time.perf_counter()
-        info = method.step(step)
+        with method.parts.autocast():  # model.dtype: forwards in it, the trained weights stay float32
+            info = method.step(step)
         _sync(device)
         result.step_s.append(time.perf_counter() - t0)
         result.train_s += result.step_s[-1]
@@ -109,8 +111,10 @@ def train(method: "Method", steps: int, *, start: int = 0, history: list[dict] |
         result.out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds and done < steps
         last = method.finished or done == steps or result.out_of_time
         if check is not None and (last or (check_every and done % check_every == 0)):
-            _materialise(method, result, device)
-            if check(done, result) is STOP:
+            _materialise(method, result, device)  # (not under autocast: a fused LoRA is written in float32)
+            with method.parts.autocast():  # the check's sampling and inner attack in model.dtype
+                stop = check(done, result) is STOP
+            if stop:
                 result.stopped = True
                 break
         if method.finished or result.out_of_time:  # training-free methods (conceptprune): one step

@@ -9,7 +9,8 @@ from trust.methods.saliency import expand_mask
 
 def forget_loss(eps_target: torch.Tensor, eps_anchor_frozen: torch.Tensor) -> torch.Tensor:
     """L_prev = || eps(x_t, t, c_target) - sg[eps*(x_t, t, c_anchor)] ||^2."""
-    return ((eps_target - eps_anchor_frozen.detach()) ** 2).mean()
+    # in float32 whatever the forwards computed in (model.dtype): a half-precision mean of ~1e-2 squares loses digits
+    return ((eps_target.float() - eps_anchor_frozen.detach().float()) ** 2).mean()
 
 
 def negative_guidance_target(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, eta: float) -> torch.Tensor:

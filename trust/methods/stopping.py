@@ -13,7 +13,12 @@ steps and then again on the gates' own (`confirm_steps`):
 (with finetune.adversarial and its `check`, the val target rate is the worse of the clean rate and
 the rate on the val target prompts attacked afresh by the inner attack: trust/methods/adversarial.py)
 
-and adapts when they do not (finetune.to_bar.adapt), one change per check, each logged:
+The target is measured first; while it is above its gate the kept concepts are measured at every
+`kept_every`-th check only (no stop is possible there and a kept drop can only raise the preservation
+weight; with four kept concepts a target-only check costs a fifth of a full one), at or below the gate at
+every check.
+
+It adapts when the bar does not hold (finetune.to_bar.adapt), one change per check, each logged:
 - a kept concept dropped past the gate itself (max_preservation_drop), or the target is within its
   gate and a kept concept outside the margin -> the preservation weight x keep_weight_factor (the
   method's own weight: preserve_weight, SalUn's retain_weight), up to max_keep_weight_factor x the
@@ -115,14 +120,39 @@ class BarCheck:
         self.method.set_lr(self.state.lr)
 
     @torch.no_grad()
-    def rates(self, steps: int | None = None) -> dict[str, float]:
-        images = generate(self.method.parts, self.prompts, self.seeds, steps=steps or self.cfg.sample_steps,
+    def rates(self, steps: int | None = None, groups: list[ValGroup] | None = None) -> dict[str, float]:
+        """Each group's rate (all groups, or `groups`: only their images are made) at `steps` sampling steps."""
+        groups = self.groups if groups is None else groups
+        prompts, seeds, spans = [], [], {}
+        for g in groups:
+            s = self.slices[g.name]
+            spans[g.name] = slice(len(prompts), len(prompts) + s.stop - s.start)
+            prompts += self.prompts[s]
+            seeds += self.seeds[s]
+        images = generate(self.method.parts, prompts, seeds, steps=steps or self.cfg.sample_steps,
                           guidance=self.guidance)
         out = {}
-        for g in self.groups:
-            hits = g.hits(images[self.slices[g.name]])
+        for g in groups:
+            hits = g.hits(images[spans[g.name]])
             out[g.name] = sum(hits) / len(hits) if hits else float("nan")
         return out
+
+    def _measure_kept(self, t_rate: float) -> bool:
+        """At or below the target's gate every check measures the kept concepts (they decide the stop and
+        the consolidation); above it, every `kept_every`-th (counted since the last that did)."""
+        if t_rate <= self.gate_target + 1e-9:
+            return True
+        since = 0
+        for c in reversed(self.state.checks):
+            if "val_keep_drop" in c:
+                break
+            since += 1
+        else:
+            return True  # no check measured them yet
+        return since + 1 >= self.cfg.kept_every
+
+    def _last_drops(self) -> dict[str, float]:
+        return next((c["val_keep_drop"] for c in reversed(self.state.checks) if "val_keep_drop" in c), {})
 
     def images_of(self, name: str) -> int:
         s = self.slices[name]
@@ -141,25 +171,32 @@ class BarCheck:
 
     def __call__(self, done: int, result) -> bool | None:
         t0 = time.perf_counter()
-        rates = self.rates()
         target = next(g for g in self.groups if not g.kept)
-        clean = rates[target.name]
+        clean = self.rates(groups=[target])[target.name]
         t_rate, attacked, found = clean, None, None
         if self.attack is not None:  # the stop rule reads the worse of the clean and the attacked rate
             found = self.attack.conditions(done)
             attacked = self.attacked_rate(found.cond)
             t_rate = max(clean, attacked) if self.attacked_stops else clean
-        drops = {g.name: self.base[g.name] - rates[g.name] for g in self.groups if g.kept}
-        blocking = {k: d for k, d in drops.items() if d > self.max_drop + 1e-9}
-        failing = {k: d for k, d in drops.items() if d > self.gate_drop + 1e-9}
         st = self.state
-        check = {"step": done, "val_target": t_rate, "val_keep_drop": drops,
-                 "val_worst_drop": max(drops.values(), default=0.0), "keep_weight": st.keep_weight, "lr": st.lr}
+        check = {"step": done, "val_target": t_rate, "keep_weight": st.keep_weight, "lr": st.lr}
+        kept = [g for g in self.groups if g.kept]
+        if self._measure_kept(t_rate):
+            rates = self.rates(groups=kept) if kept else {}
+            drops = {g.name: self.base[g.name] - rates[g.name] for g in kept}
+            check.update(val_keep_drop=drops, val_worst_drop=max(drops.values(), default=0.0))
+            blocking = {k: d for k, d in drops.items() if d > self.max_drop + 1e-9}
+        else:
+            # the target is above its gate (no stop possible): the kept concepts were not measured, and the
+            # adaptation reads the latest check that measured them
+            drops, blocking = self._last_drops(), {}
+        failing = {k: d for k, d in drops.items() if d > self.gate_drop + 1e-9}
         if attacked is not None:
             check.update({"val_target_clean": clean, "val_target_attacked": attacked,
                           "val_attack_prompt": found.texts[0]})
         st.checks.append(check)
-        if t_rate <= self.max_target + 1e-9 and not blocking and self._confirmed(done, check, found):
+        if t_rate <= self.max_target + 1e-9 and "val_keep_drop" in check and not blocking \
+                and self._confirmed(done, check, found):
             st.reached = True
             how = "" if attacked is None else f" (clean {clean:.2f}, attacked {attacked:.2f})"
             self.log(f"bar reached at step {done}: val target {t_rate:.2f}{how} <= {self.max_target:.2f}, worst kept "
@@ -172,7 +209,7 @@ class BarCheck:
         else:
             st.since_best += 1
         if self.cfg.adapt:
-            self._adapt(done, t_rate, blocking, failing)
+            self._adapt(done, t_rate, blocking, failing, measured="val_keep_drop" in check)
         self.seconds += time.perf_counter() - t0
         return None
 
@@ -195,14 +232,17 @@ class BarCheck:
                      f"{t_rate:.2f}, worst kept drop {max(drops.values(), default=0.0):+.2f}): going on")
         return ok
 
-    def _adapt(self, done: int, t_rate: float, blocking: dict[str, float], failing: dict[str, float]) -> None:
+    def _adapt(self, done: int, t_rate: float, blocking: dict[str, float], failing: dict[str, float],
+               measured: bool = True) -> None:
+        """`measured`: this check measured the kept concepts; if not, `failing` is the latest check's that
+        did (it already raised the weight once; it only holds back a bigger step here)."""
         st, cfg, m = self.state, self.cfg, self.method
         # A kept concept past the gate itself raises the preservation weight; a drop inside the gate but
         # outside the margin is one or two validation images, and raising the weight on it slowed the
         # erasure more than it protected (measured).
         erased = t_rate <= self.gate_target + 1e-9
         # once the target is within its gate, any kept concept outside the margin may take a stronger term
-        if (failing or (erased and blocking)) and m.keep is not None:
+        if measured and (failing or (erased and blocking)) and m.keep is not None:
             start = m.initial_keep_weight
             new = min(st.keep_weight * cfg.keep_weight_factor, start * cfg.max_keep_weight_factor)
             if new > st.keep_weight:
@@ -239,7 +279,7 @@ class BarCheck:
         last = self.state.checks[-1] if self.state.checks else None
         if last is None:
             return "no check ran"
-        worst = max(last["val_keep_drop"].items(), key=lambda kv: kv[1], default=("-", 0.0))
+        worst = max(last.get("val_keep_drop", self._last_drops()).items(), key=lambda kv: kv[1], default=("-", 0.0))
         return (f"after {last['step']} steps: val target {last['val_target']:.2f} (bar {self.max_target:.2f}), worst "
                 f"kept drop {worst[0]} {worst[1]:+.2f} (bar {self.max_drop:.2f}); "
                 f"{len(self.state.adaptations)} adaptation(s)")

@@ -37,8 +37,14 @@ def _check_components(path: Path, kind: str) -> None:
         raise ModelLoadError(why)
 
 
-def load_model(path: str | Path, device: str = "cpu") -> DiffusionParts:
-    """Load a model folder into `DiffusionParts` (frozen, eval mode)."""
+def load_model(path: str | Path, device: str = "cpu", sample_batch: int | None = None,
+               dtype: str = "float32") -> DiffusionParts:
+    """Load a model folder into `DiffusionParts` (frozen, eval mode). `sample_batch`: images per
+    sampling batch (model.sample_batch); None: sized from the latent area (DiffusionParts.sample_batch).
+    `dtype` (model.dtype): what its forwards compute in; the weights are float32 (trust/models/precision.py)."""
+    from trust.models.precision import dtype_of
+
+    compute = dtype_of(dtype)
     path = Path(path)
     kind = detect_kind(path)
     _check_components(path, kind)
@@ -63,7 +69,8 @@ def load_model(path: str | Path, device: str = "cpu") -> DiffusionParts:
             extra = {}
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"could not load {path} as {kind}: {e}") from e
-    parts = DiffusionParts(tokenizer, text_encoder, unet, scheduler, vae, kind=kind, source=path, extra=extra)
+    parts = DiffusionParts(tokenizer, text_encoder, unet, scheduler, vae, kind=kind, source=path, extra=extra,
+                           batch_images=sample_batch, compute_dtype=compute)
     for m in parts.modules().values():
         m.to(device)
     return parts.requires_grad_(False).eval()

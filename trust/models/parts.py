@@ -13,6 +13,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from trust.utils.model_kind import KIND_SD, KIND_WORLD  # noqa: F401 (re-exported; defined in trust/utils/model_kind.py)
 
 DECODE_LATENT_PIXELS = 2 * 64 * 64  # latent pixels per VAE decode pass (DiffusionParts.decode_latents)
+# latent pixels per UNet sampling batch (DiffusionParts.sample_batch): 64 of the world's 16x16 latents (its
+# measured batched-forward limit), four 64x64 SD ones (a batch of 64 at 512 px needs tens of GB)
+SAMPLE_LATENT_PIXELS = 64 * 16 * 16
 
 
 @dataclass
@@ -31,6 +34,24 @@ class DiffusionParts:
     kind: str
     source: Path | None = None
     extra: dict = field(default_factory=dict)  # e.g. the world's image size
+    batch_images: int | None = None  # model.sample_batch: images per sampling batch; None: sized from the latents
+    # model.dtype: what forwards compute in (trust/models/precision.py); the weights here stay float32
+    compute_dtype: torch.dtype = torch.float32
+
+    def autocast(self):
+        """The context every forward of these parts runs in (model.dtype; nothing for float32)."""
+        from trust.models.precision import autocast
+
+        return autocast(self.unet.device, self.compute_dtype)
+
+    @property
+    def sample_batch(self) -> int:
+        """Images per UNet batch when sampling (every generation: references, checks, attacks,
+        evaluation): `model.sample_batch`, or as many as SAMPLE_LATENT_PIXELS latent pixels hold."""
+        if self.batch_images is not None:
+            return self.batch_images
+        s = self.unet.config.sample_size
+        return max(1, SAMPLE_LATENT_PIXELS // (s * s))
 
     # -- geometry -----------------------------------------------------------------
     @property

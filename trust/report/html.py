@@ -144,10 +144,13 @@ def render_report(title: str, metrics: dict, before_after: Image.Image | None = 
                   preservation: Image.Image | None = None, examples: dict[str, list[Example]] | None = None,
                   settings: dict | None = None, gates: dict | None = None,
                   header: list[tuple[str, str]] | None = None, asr_gate: tuple[str, float] | None = None,
-                  asr_chart: Image.Image | None = None) -> str:
+                  asr_chart: Image.Image | None = None,
+                  preservation_heading: str = "Kept concepts: base vs erased") -> str:
     """`gates`: registry.gate_results of these metrics (the verdict banner); `header`: what was
     evaluated (model, method, commit...); `asr_gate`: (label, limit) drawn on the ASR chart;
-    `asr_chart`: that chart already drawn (metrics_asr_chart), else it is drawn here."""
+    `asr_chart`: that chart already drawn (metrics_asr_chart), else it is drawn here;
+    `preservation_heading`: what the preservation grid shows (on SD: the preservation prompts, there
+    are no kept-concept labels)."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if gates is not None:
         parts.append(verdict_banner(gates))
@@ -179,7 +182,8 @@ def render_report(title: str, metrics: dict, before_after: Image.Image | None = 
         parts.append("<table><tr><th>prompt</th><th>adversarial prompt</th><th>result</th><th>detector score</th>"
                      "<th>images</th></tr>" + "".join(rows) + "</table>")
     if preservation is not None:
-        parts += ["<h2>Kept concepts: base vs erased</h2>", f'<img alt="preservation" src="{data_uri(preservation)}">']
+        parts += [f"<h2>{html.escape(preservation_heading)}</h2>",
+                  f'<img alt="preservation" src="{data_uri(preservation)}">']
     if settings:
         import json
 

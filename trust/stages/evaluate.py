@@ -26,7 +26,6 @@ outputs/evaluate/details.json (trust/stages/evaluate_metrics.py), and a self-con
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from trust.attacks import AttackTarget, build_attack, load_prompt_set
+from trust.models.precision import stored_copy
 from trust.concepts import labels_of
 from trust.config import Params
 from trust.delta import apply_delta
@@ -173,7 +173,8 @@ def run(params: Params, root: Path) -> dict:
     world = detect_kind(base_dir) == KIND_WORLD
     if not world:
         check_sd_settings(params)
-    parts = load_model(base_dir, device=params.model.device)
+    parts = load_model(base_dir, device=params.model.device, sample_batch=params.model.sample_batch,
+                       dtype=params.model.dtype)
     sets = prompts.load(root)
     target = [r["prompt"] for r in sets["target"]["eval"]][: ev.max_prompts]
     # Held-out prompts only: the preservation term (if on) trains on the others.
@@ -211,10 +212,15 @@ def run(params: Params, root: Path) -> dict:
     print(f"evaluate: {len(prompts_rep)} images from the base model, then the same from the erased one "
           f"({len(all_prompts)} prompts x {ev.samples_per_prompt} seeds)", flush=True)
     base_imgs = generate_images(prompts_rep, seeds, ev.steps, ev.guidance, gen, parts=parts,
-                                source=ModelSource.of(base_dir, fingerprint, device=params.model.device))
-    original = copy.deepcopy(parts)  # the pre-erasure model: attacks need it (reference images, P4D)
+                                source=ModelSource.of(base_dir, fingerprint, device=params.model.device,
+                                                      dtype=params.model.dtype, sample_batch=params.model.sample_batch))
+    # the pre-erasure model: attacks need it (reference images, P4D). A delta changes only the UNet, so the
+    # copy is the UNet's; the text encoder, VAE and tokenizer are shared (at SD size 0.8 GB not held twice)
+    # (stored in model.dtype: it is never trained, and every forward runs under parts.autocast())
+    original = dataclasses.replace(parts, unet=stored_copy(parts.unet, parts.compute_dtype))
     apply_delta(parts, delta)
-    tuned_src = ModelSource.of(base_dir, parts.fingerprint(), delta, params.model.device) if gen.distributed else None
+    tuned_src = (ModelSource.of(base_dir, parts.fingerprint(), delta, params.model.device, params.model.dtype,
+                                params.model.sample_batch) if gen.distributed else None)
     print("evaluate: base images done; erased model's images", flush=True)
     tuned_imgs = generate_images(prompts_rep, seeds, ev.steps, ev.guidance, gen, parts=parts, source=tuned_src)
     print("evaluate: images done; attacks next", flush=True)
@@ -241,7 +247,8 @@ def run(params: Params, root: Path) -> dict:
             successful.append({"prompt": p, "attack": "none", "seeds": hits})
 
     # -- adversarial part -------------------------------------------------------------
-    attacks = run_attacks(params, root, parts, original, detector, sets)
+    with parts.autocast():  # the attacks' own forwards (P4D's trajectories, the optimisations) in model.dtype
+        attacks = run_attacks(params, root, parts, original, detector, sets)
     results = attacks["results"]
     summaries = {name: res.summary() for name, res in results.items()}
     summaries["prompt_set"]["base_rate"] = attacks["base_rate"]
@@ -327,7 +334,8 @@ def run(params: Params, root: Path) -> dict:
             if ev.report:
                 write_report(out / "report.html", f"Erasure of '{concept.name}': evaluation", metrics,
                              before_after, kept, _examples(results), settings=metrics["settings"],
-                             **verdict)
+                             preservation_heading=("Kept concepts" if world else "Preservation prompts")
+                             + ": base vs erased", **verdict)
         write_json(evaluate_metrics.headline(metrics), root / paths.EVALUATE_METRICS)
         run_.log_artifact(root / paths.EVALUATE_DIR)
     return metrics

@@ -72,7 +72,9 @@ def curves_plot(history: list[dict], path: Path, title: str) -> None:
     if checks:
         cs = [h["step"] for h in checks]
         axes[3].plot(cs, [h["val_target"] for h in checks], marker="o", label="val target rate")
-        axes[3].plot(cs, [h["val_worst_drop"] for h in checks], marker="s", label="worst kept drop")
+        kd = [(h["step"], h["val_worst_drop"]) for h in checks if "val_worst_drop" in h]  # kept_every: not every check
+        if kd:
+            axes[3].plot(*zip(*kd), marker="s", label="worst kept drop")
         if any("val_target_attacked" in h for h in checks):
             axes[3].plot(cs, [h.get("val_target_attacked", nan) for h in checks], marker="^",
                          label="val target, attacked (inner attack)")
@@ -135,7 +137,8 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
     started = time.time()  # the stage run's start time in MLflow: the work's, not the logging's
     ft = params.finetune
     torch.manual_seed(ft.seed)
-    parts = load_model(params.model.base, device=params.model.device)
+    parts = load_model(params.model.base, device=params.model.device, sample_batch=params.model.sample_batch,
+                       dtype=params.model.dtype)
     fingerprint = parts.fingerprint()
     base_state = {k: v.clone() for k, v in parts.unet.state_dict().items()}
     sets = prompts.load(root)

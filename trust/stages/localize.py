@@ -77,11 +77,13 @@ def make_scorer(params: Params, root: Path, parts, data: ForgetData) -> Scorer:
 def run(params: Params, root: Path) -> dict:
     started = time.time()  # the stage run's start time in MLflow: the work's, not the logging's
     loc = params.localize
-    parts = load_model(params.model.base, device=params.model.device)
+    parts = load_model(params.model.base, device=params.model.device, sample_batch=params.model.sample_batch,
+                       dtype=params.model.dtype)
     sets = prompts.load(root)
     data = ForgetData.build(parts, sets["target"]["train"], max(loc.batch_size, 8), loc.seed)
     pars = cross_attention_params(parts.unet, loc.modules)
-    mask = make_scorer(params, root, parts, data).mask(parts.unet, parts.unet, pars, loc.seed, 0, 0)
+    with parts.autocast():  # model.dtype: the saliency pass computes in it, as TRUST's re-estimations do
+        mask = make_scorer(params, root, parts, data).mask(parts.unet, parts.unet, pars, loc.seed, 0, 0)
     per_layer = {short_name(k): int(m.sum()) for k, m in mask.items()}
     total = sum(p.numel() if loc.granularity == "element" else p.shape[0] for p in pars.values())
     metrics = {"neurons": mask_size(mask), "candidates": total, "fraction": mask_size(mask) / total, "per_layer": per_layer}

@@ -64,6 +64,9 @@ class ConceptLora:
                                                                                            concept_index))))
             self.model = inject_adapter_in_model(cfg, copy.deepcopy(frozen))
         self.lora = {k: p for k, p in self.model.named_parameters() if "lora_" in k}
+        with torch.no_grad():  # a frozen copy stored in model.dtype gives half-precision LoRA layers: train float32 masters
+            for p in self.lora.values():
+                p.data = p.data.float()
         if not self.lora:
             raise ValueError("the UNet has no attn2.to_k / attn2.to_v layers for the concept LoRA")
         for p in self.lora.values():

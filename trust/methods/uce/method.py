@@ -172,7 +172,9 @@ class UceMethod(Method):
     def step(self, step: int) -> dict:
         if self.finished:
             return dict(self.info)
-        self.info = self.edit()
+        # the closed form reads text-encoder states and solves in float64: never under model.dtype's autocast
+        with torch.autocast(self.parts.unet.device.type, enabled=False):
+            self.info = self.edit()
         self.finished = True
         return dict(self.info)
 
