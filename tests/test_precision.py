@@ -125,3 +125,23 @@ def test_adversarial_training_with_the_bar_runs_in_bfloat16(tiny):
     result = train(m, 2, check=bar, check_every=1)
     assert result.steps_run == 2 and len(bar.state.checks) == 2 and "val_target_attacked" in bar.state.checks[-1]
     assert all(q.dtype == torch.float32 and torch.isfinite(q).all() for q in m.params.values())
+
+
+def test_a_stored_copy_is_cast_tensor_by_tensor_and_independent(tiny):
+    from trust.models.precision import stored_copy
+
+    unet = tiny.unet
+    half = stored_copy(unet, torch.bfloat16)
+    src = dict(unet.named_parameters())
+    got = dict(half.named_parameters())
+    assert got.keys() == src.keys()
+    for k, p in got.items():
+        assert p.dtype == torch.bfloat16 and torch.equal(p, src[k].detach().to(torch.bfloat16)), k
+        assert p.data_ptr() != src[k].data_ptr()
+    first = next(iter(src.values())).detach().clone()
+    with torch.no_grad():
+        next(iter(half.parameters())).add_(1.0)  # a copy: the original does not move
+    assert torch.equal(next(iter(unet.parameters())), first)
+    assert all(b.dtype == torch.bfloat16 for b in half.buffers() if b.is_floating_point())
+    same = stored_copy(unet, torch.float32)
+    assert all(p.dtype == torch.float32 for p in same.parameters())
