@@ -69,3 +69,36 @@ def test_the_joint_bar_needs_the_target_erased_and_every_kept_concept_near_base(
     assert bar_status(0.05, {"shape:square": 0.35, "shape:cross": 0.9}, base, 0.10, 0.10) == (True, False)
     assert bar_status(0.10, {"shape:square": 0.9, "shape:cross": 0.8}, base, 0.10, 0.10) == (True, True)  # at limits
     assert bar_status(0.125, {"shape:square": 1.0, "shape:cross": 0.9}, base, 0.10, 0.10) == (False, False)
+
+
+def test_a_bar_met_on_the_check_counts_only_once_the_larger_sample_confirms_it(world_tokenizer, monkeypatch):
+    """Scripted judge: the check's 16-image sample says 'erased' from the first check on; the larger
+    end sample says 0.5 at the first confirmation and 0.0 at the second. With `confirm` the bar is
+    reached at the second check (step 4), without it at the first (step 2), as ESD-x's was."""
+    import bench.lib.methods as bm
+    from tiny_models import tiny_sd_parts
+
+    parts = tiny_sd_parts(world_tokenizer)
+    classifier = ConceptClassifier(width=8, image_size=16).eval()
+    params = Params()
+    params = params.model_copy(update={"localize": params.localize.model_copy(update={"batch_size": 2}),
+                                       "finetune": params.finetune.updated(batch_size=2)})
+    target = dict(params.concept.detect)
+
+    def run(confirm: bool) -> dict:
+        end_sample = iter([1.0, 0.5, 0.0, 0.0])  # base, 1st confirmation, 2nd confirmation, final measure
+
+        def judge(p, clf, prompts, seeds, detect, steps, guidance):
+            if dict(detect) != target:
+                return 1.0  # every kept concept as in the base model
+            return next(end_sample) if 100_000 <= seeds[0] < 200_000 else 0.0  # seeds: bench/lib/samples.py
+
+        monkeypatch.setattr(bm, "detection_rate", judge)
+        settings = BenchSettings.quick(steps=6)
+        settings.confirm = confirm
+        return run_bench(parts, classifier, params, select_runs("TRUST-CIP"), settings, None, log=lambda *a: None)
+
+    confirmed = run(True)["runs"][0]
+    assert confirmed["steps_to_bar"] == 4 and confirmed["steps_to_erasure"] == 4
+    assert confirmed["checks"][0]["confirm"]["rate"] == 0.5 and not confirmed["checks"][0]["confirm"]["joint"]
+    assert run(False)["runs"][0]["steps_to_bar"] == 2

@@ -152,3 +152,50 @@ def test_vae_decodes_a_batch_a_few_images_at_a_time(world_tokenizer, monkeypatch
         alone = parts.decode_latents(latents[3:4])
     assert sizes[:3] == [2, 2, 1] and images.shape == (5, 3, 128, 128)
     torch.testing.assert_close(images[3:4], alone)
+
+
+@pytest.mark.parametrize("layout", ["float32", "fp16-variant"])
+def test_a_delta_against_the_folders_own_tensors_equals_one_against_a_copy(world_tokenizer, tmp_path, layout):
+    """The finetune stage takes its delta against the model folder's tensors, read one at a time
+    (no second UNet in memory): the delta file is the one an in-memory copy gives, for float32 and
+    fp16-variant folders alike."""
+    from safetensors.torch import load_file
+
+    from trust.delta import save_delta
+    from trust.models.loading import UnetFileState, base_unet_state
+
+    save_model(tiny_sd_parts(world_tokenizer), tmp_path / "m")
+    if layout == "fp16-variant":
+        for f in (tmp_path / "m" / "unet").glob("*.safetensors"):
+            half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(f).items()}
+            f.unlink()
+            save_file(half, f.with_name(f.name.replace(".safetensors", ".fp16.safetensors")))
+    parts = load_model(tmp_path / "m")
+    copy_state = {k: v.clone() for k, v in parts.unet.state_dict().items()}
+    lazy = base_unet_state(parts)
+    assert isinstance(lazy, UnetFileState) and len(lazy) == len(copy_state)
+    name = next(k for k in copy_state if k.endswith("attn2.to_k.weight"))
+    with torch.no_grad():
+        parts.unet.get_parameter(name)[1].add_(0.5)  # one row of one tensor fine-tuned
+    tuned = parts.unet.state_dict()
+    a = save_delta(lazy, tuned, tmp_path / "lazy.safetensors", {})
+    b = save_delta(copy_state, tuned, tmp_path / "copy.safetensors", {})
+    assert a == b and a["tensors"] == 1 and a["row_tensors"] == 1
+    got, want = load_file(tmp_path / "lazy.safetensors"), load_file(tmp_path / "copy.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_folder_whose_names_do_not_match_the_loaded_unet_gets_an_in_memory_base(world_tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    from trust.models.loading import UnetFileState, base_unet_state
+
+    save_model(tiny_sd_parts(world_tokenizer), tmp_path / "m")
+    parts = load_model(tmp_path / "m")
+    f = next((tmp_path / "m" / "unet").glob("*.safetensors"))
+    renamed = {("old." + k if i == 0 else k): v for i, (k, v) in enumerate(load_file(f).items())}
+    save_file(renamed, f)  # e.g. an older layout diffusers converted on load
+    said = []
+    base = base_unet_state(parts, log=said.append)
+    assert not isinstance(base, UnetFileState) and base.keys() == parts.unet.state_dict().keys()
+    assert said and "in-memory copy" in said[0]

@@ -5,7 +5,8 @@ ConceptPrune, full fine-tuning, UCE, RECE in METHOD_RUNS; ANT and ANT+fusion in 
 - steps and wall-clock to reach the joint bar: target detection rate <= `bar` by the world
   classifier on held-out target prompts *and* every kept concept within `max_drop` of the base
   model's rate on held-out preservation prompts, both checked every `check_every` steps on small
-  fixed-seed samples (checking time is not counted); a method that erases the target by destroying
+  fixed-seed samples (checking time is not counted) and, when a check meets it, confirmed on the
+  larger end-of-run sample (`BenchSettings.confirm`); a method that erases the target by destroying
   its neighbours does not reach it. The erasure-only time (target alone) stays as its own columns;
 - total wall-clock (method set-up, incl. TRUST's initial localisation and SalUn's mask, plus
   training steps; the shared reference images are made once and not counted);
@@ -94,6 +95,10 @@ class BenchSettings:
     sample_steps: int = 10
     guidance: float = 4.0
     references: int | None = None  # None: finetune.references
+    # a bar met on the check's few images is confirmed on the larger end-of-run sample (eval_images target,
+    # keep_images per kept concept) before it counts: 16 images admit one, and ESD-x "met" the bar at
+    # step 20 with 0.31 of 48 other held-out images still showing circles (measured)
+    confirm: bool = True
     stop_at_bar: bool = True
     seed: int = 0
 
@@ -173,7 +178,14 @@ def run_bench(parts, classifier, params: Params, runs: list[Run] | None = None,
                                       s.sample_steps, s.guidance)
                 kept = check_keep(p)
                 erased, joint = bar_status(rate, kept, base_check_keep, s.bar, s.max_drop)
-                checks.append({"step": done, "rate": rate, "keep": kept, "seconds": spent, "joint": joint})
+                check = {"step": done, "rate": rate, "keep": kept, "seconds": spent, "joint": joint}
+                new = (erased and steps_to_erasure is None) or (joint and steps_to_bar is None)
+                if s.confirm and new:  # what the check saw, on the larger held-out sample (time not counted)
+                    c_rate, _, c_keep = measure(p)
+                    c_erased, c_joint = bar_status(c_rate, c_keep, base_keep, s.bar, s.max_drop)
+                    check["confirm"] = {"rate": c_rate, "keep": c_keep, "erased": c_erased, "joint": c_joint}
+                    erased, joint = erased and c_erased, joint and c_joint
+                checks.append(check)
                 if steps_to_erasure is None and erased:
                     steps_to_erasure, time_to_erasure = done, spent
                 if steps_to_bar is None and joint:
@@ -238,7 +250,9 @@ def markdown(result: dict) -> str:
         "",
         f"Bar (joint): target detection rate <= {result['bar']} on {s['check_images']} fixed-seed held-out target images "
         f"and every kept concept within {result.get('max_drop', 0.1)} of base on {s['check_images']} held-out images "
-        f"each, checked every {s['check_every']} steps (check time not counted); at most {s['steps']} steps. "
+        f"each, checked every {s['check_every']} steps (check time not counted)"
+        + (f", and confirmed on the {s['eval_images']} + {s['keep_images']}-per-kept-concept end sample when the check "
+           "meets it" if s.get("confirm") else "") + f"; at most {s['steps']} steps. "
         "Erasure only: the target alone. "
         f"Erasure/preservation: {s['eval_images']} held-out target images, {s['keep_images']} per kept concept. "
         f"Device {result['device']}, torch threads {result['torch_threads']}, memory = {result['memory']}. "

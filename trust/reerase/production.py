@@ -52,6 +52,7 @@ def compose_delta(prod: dict, folder: Path, device: str) -> dict:
 
     from trust.delta import apply_delta, read_delta, save_delta
     from trust.models import load_model
+    from trust.models.loading import base_unet_state
 
     ws = Path(folder)
     parts = load_model(prod["base_model"], device=device)
@@ -59,7 +60,7 @@ def compose_delta(prod: dict, folder: Path, device: str) -> dict:
     if prod.get("base_fingerprint") and base_fp != prod["base_fingerprint"]:
         raise ValueError(f"base model {prod['base_model']} has fingerprint {base_fp}, but {prod['pinned']} was made "
                          f"from {prod['base_fingerprint']}")
-    base_state = {k: v.detach().clone() for k, v in parts.unet.state_dict().items()}
+    base_state = base_unet_state(parts)  # the base folder's own tensors, read when the delta is written
     apply_delta(parts, Path(prod["delta"]))
     shutil.move(ws / paths.DELTA, ws / DELTA_FROM_PARENT)
     apply_delta(parts, ws / DELTA_FROM_PARENT)  # refuses a delta not made from the materialised production model

@@ -29,6 +29,7 @@ from trust.methods.loop import build_method, train
 from trust.methods.stopping import BarCheck, BarNotReached, BarState, ValGroup
 from trust.metrics.detection import detected
 from trust.models import load_model
+from trust.models.loading import base_unet_state
 from trust.stages import localize, paths, prompts
 from trust.tracking import stage_run
 from trust.utils.fs import staged_dir, write_text_atomic
@@ -140,7 +141,7 @@ def run(params: Params, root: Path, progress: bool = True) -> dict:
     parts = load_model(params.model.base, device=params.model.device, sample_batch=params.model.sample_batch,
                        dtype=params.model.dtype)
     fingerprint = parts.fingerprint()
-    base_state = {k: v.clone() for k, v in parts.unet.state_dict().items()}
+    base_state = base_unet_state(parts)  # the folder's tensors, read when the delta is written: no second UNet
     sets = prompts.load(root)
     # A method that localises (TRUST) starts from the localize stage's mask; the others build their own.
     mask = localize.load_mask(root) if ft.method.starts_from_localize else {}
