@@ -59,7 +59,7 @@ METHODS = {  # label -> finetune overrides (the method benchmark's rows; baselin
     "esd-x": {"method": {"name": "esd", "variant": "x"}, "lr": 1e-5, "preserve_weight": 0.0},
     "full": {"method": {"name": "full"}, "lr": 1e-5, "preserve_weight": 0.0},
 }
-PROMPT, ANCHOR = "a red circle on a plain background", "a plain background"
+PROMPT = "a red circle on a plain background"  # evaluation's prompt
 GiB = 1024**3
 
 
@@ -99,8 +99,7 @@ def _available_bytes() -> int:
     return 0
 
 
-def measure_one(folder: Path, label: str, dtype: str, device: str, steps: int, sample_steps: int) -> dict:
-
+def measure_one(folder: Path, label: str, dtype: str, device: str, steps: int) -> dict:
     from bench.memory_scale import forget_data
     from trust.config import FinetuneParams, LocalizeParams
     from trust.methods.loop import build_method, train
@@ -192,15 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         build(a.folder)
         return 0
     if a.command == "one":
-        print(json.dumps(measure_one(a.folder, a.method, a.dtype, a.device, a.steps, a.sample_steps)))
+        print(json.dumps(measure_one(a.folder, a.method, a.dtype, a.device, a.steps)))
         return 0
     if a.command == "eval":
         print(json.dumps(measure_eval(a.folder, a.dtype, a.device, a.images, a.sample_steps)))
         return 0
-    from safetensors import safe_open
+    from trust.models.loading import UnetFileState
 
-    with safe_open(str(a.folder / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
-        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    shapes = UnetFileState(a.folder).shapes  # plain or fp16-variant files, one or several shards
     count = lambda s: int(torch.Size(s).numel())  # noqa: E731
     unet_params = sum(count(s) for s in shapes.values())
     attn2 = sum(count(s) for k, s in shapes.items() if ".attn2.to_" in k and k.endswith("weight"))

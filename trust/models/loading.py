@@ -90,11 +90,11 @@ class UnetFileState(Mapping):
         v = variant(comp)
         files = sorted(f for f in comp.glob("*.safetensors") if (f.name.count(".") == 2) == (v is not None))
         self._where: dict[str, Path] = {}
-        self._shapes: dict[str, tuple] = {}
+        self.shapes: dict[str, tuple] = {}  # each tensor's shape, from the file headers (nothing read)
         for f in files:
             with safe_open(str(f), framework="pt") as h:
                 for k in h.keys():
-                    self._where[k], self._shapes[k] = f, tuple(h.get_slice(k).get_shape())
+                    self._where[k], self.shapes[k] = f, tuple(h.get_slice(k).get_shape())
 
     def __getitem__(self, key: str) -> torch.Tensor:
         from safetensors import safe_open
@@ -112,7 +112,7 @@ class UnetFileState(Mapping):
     def matches(self, state: dict[str, torch.Tensor]) -> bool:
         """Same tensor names and shapes as a loaded UNet's state dict (not so when diffusers converted
         an older layout's names on load)."""
-        return self._where.keys() == state.keys() and all(self._shapes[k] == tuple(v.shape) for k, v in state.items())
+        return self._where.keys() == state.keys() and all(self.shapes[k] == tuple(v.shape) for k, v in state.items())
 
 
 def base_unet_state(parts: DiffusionParts, log=print) -> Mapping:
