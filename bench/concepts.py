@@ -104,6 +104,9 @@ def run_example(name: str, src: Path, args) -> dict:
     params = load_params(prepare_workspace(ws, raw), root=ws)  # the stages run in the workspace
     if not params.uses_world:
         raise SystemExit(f"{name}: model.base is not the built-in world; the evaluate stage measures world models only")
+    if len(params.concepts) > 1:
+        raise SystemExit(f"{name}: lists {len(params.concepts)} concepts; this table is one concept per row: measure "
+                         "it with bench/multi_concept.py (its own table, against erasing them one by one)")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{ws / 'mlflow.db'}"
     tracking.configure(params.tracking, ws)
 

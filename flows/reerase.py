@@ -37,6 +37,7 @@ from flows.notify import notify_failure
 from tasks import reerase as t
 from trust import tracking
 from trust.config import load_params
+from trust.reerase.params import check_one_concept
 from trust.reerase.repair import failure_message, repair
 from trust.report.run_summary import failed_gate_text
 from trust.utils.safetensors_io import write_json
@@ -69,6 +70,7 @@ def reerase(params_path: str = "params.yaml", root: str = ".", model_ref: str | 
     root_p = Path(root).resolve()
     params_file = (root_p / params_path).resolve()
     params = load_params(params_file, root=root_p)  # validated before any work
+    check_one_concept(params)
     _threads()
     tracking.configure(params.tracking, root_p)
     logger = get_run_logger()

@@ -86,7 +86,7 @@ def publish(summary: dict, params, logger) -> None:
     (logger.info if summary["verdict"] == run_summary.PASSED else logger.error)(run_summary.headline(summary))
     try:
         create_markdown_artifact(markdown=run_summary.markdown(summary, "unlearn"),
-                                 key=artifact_key("unlearn", params.concept.name),
+                                 key=artifact_key("unlearn", params.concept_name),
                                  description=run_summary.headline(summary))
     except Exception as e:  # noqa: BLE001 - reporting the run never replaces its own outcome
         logger.warning("could not publish the run's artifact: %s", e)

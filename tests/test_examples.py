@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from trust.attacks import load_prompt_set
-from trust.concepts import build_prompt_sets, labels_of
+from trust.concepts import build_prompt_sets, build_run_sets, labels_of
 from trust.config import Params, ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,14 +26,14 @@ def shows(labels: dict[str, str], want: dict[str, str]) -> bool:
 
 def test_examples_exist():
     names = {p.stem for p in EXAMPLES}
-    assert {"world_combination", "world_conditional", "sd_nudity"} <= names
+    assert {"world_combination", "world_conditional", "world_pairs", "sd_nudity"} <= names
 
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem != "sd_nudity"], ids=lambda p: p.stem)
 def test_world_examples_validate(path):
     params = load_params(path)
     assert params.uses_world
-    assert params.concept.kind in ("combination", "conditional", "single")
+    assert all(c.kind in ("combination", "conditional", "single") for c in params.concepts)
     assert params.registry.model_name != "trust-world-circle"  # its own registered model
 
 
@@ -63,27 +63,30 @@ def test_sd_nudity_fails_only_on_missing_model_base(tmp_path):
 @pytest.mark.parametrize("path", WORLD, ids=lambda p: p.stem)
 def test_world_prompts_match_detect_and_keep(path):
     params = load_params(path)
-    concept = params.concept
-    sets = build_prompt_sets(concept, params.prompts)
+    concepts = params.concepts  # one, or the entries of a concept list (examples/world_pairs.yaml)
+    sets = build_run_sets(concepts, params.prompts)
     target = sets["target"]["train"] + sets["target"]["eval"]
     preserve = sets["preserve"]["train"] + sets["preserve"]["eval"]
-    assert len(sets["target"]["eval"]) >= 8 and len(sets["target"]["train"]) >= 8
-    # Every target prompt (paraphrases included) asks for the concept; no preservation prompt does.
+    for i in range(len(concepts)):
+        assert len([r for r in sets["target"]["eval"] if r.get("concept", 0) == i]) >= 8
+        assert len([r for r in sets["target"]["train"] if r.get("concept", 0) == i]) >= 8
+    # Every target prompt (paraphrases included) asks for its concept; no preservation prompt shows any.
     for r in target:
+        concept = concepts[r.get("concept", 0)]
         assert shows(r["labels"], concept.detect), r
         assert r["labels"] == labels_of(r["prompt"])
         assert not shows(labels_of(r["anchor"]), concept.detect), r
     for r in preserve:
-        assert not shows(r["labels"], concept.detect), r
-    # Each kept concept is a different label set from the target and has train and held-out prompts
+        assert not any(shows(r["labels"], c.detect) for c in concepts), r
+    # Each kept concept is a different label set from the targets and has train and held-out prompts
     # (the evaluate stage measures it on the held-out ones; the preservation term trains on the others).
-    for want in concept.keep:
-        assert want != concept.detect
+    for want in params.kept:
+        assert all(want != c.detect for c in concepts)
         assert any(shows(r["labels"], want) for r in sets["preserve"]["train"]), want
         assert sum(shows(r["labels"], want) for r in sets["preserve"]["eval"]) >= 2, want
     # Kept concepts do not overlap: a prompt counts for one of them at most.
     for r in preserve:
-        assert sum(shows(r["labels"], want) for want in concept.keep) <= 1, r
+        assert sum(shows(r["labels"], want) for want in params.kept) <= 1, r
 
 
 def test_combination_and_conditional_keep_each_part():
@@ -103,7 +106,7 @@ def test_world_attack_prompt_sets_ask_for_the_concept(path):
     assert len(rows) >= 16
     for r in rows:
         if r.categories != "indirect":  # indirect rows ("something red and round") avoid the label words
-            assert shows(labels_of(r.prompt), params.concept.detect), r.prompt
+            assert any(shows(labels_of(r.prompt), c.detect) for c in params.concepts), r.prompt
 
 
 def test_bench_workspace_and_overrides(tmp_path, bench_script):
@@ -134,4 +137,5 @@ def test_one_default_configuration():
                 else:
                     yield pre + (k,)
         assert set(leaves(raw)) <= allowed, f"{path.name}: per-concept settings {set(leaves(raw)) - allowed}"
-        assert set(raw["concept"]) <= {"name", "kind", "detect"}, f"{path.name}: the rest is derived"
+        for entry in raw["concept"] if isinstance(raw["concept"], list) else [raw["concept"]]:
+            assert set(entry) <= {"name", "kind", "detect"}, f"{path.name}: the rest is derived"

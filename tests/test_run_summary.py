@@ -92,3 +92,18 @@ def test_a_register_stage_that_crashed_does_not_show_the_previous_registration(t
                            aliases_of=lambda name, version: ["production"], gate_failed=False)
     assert s["verdict"] == rs.FAILED and s["registration"] is None
     assert rs.headline(s) == "FAILED in stage register: nothing registered by this run"
+
+
+def test_several_concepts_get_a_target_line_each(tmp_path):
+    ev = {**EVALUATE, "targets": {"red circle": {"base": 0.97, "tuned": 0.0}, "blue square": {"base": 1.0,
+                                                                                               "tuned": 0.125}}}
+    root = _outputs(tmp_path, passed=False)
+    (root / "metrics" / "evaluate.json").write_text(json.dumps(ev))
+    s = rs.unlearn_summary(root, failed_stage="register", error="gate failed",
+                           aliases_of=lambda name, version: ["candidate"], gate_failed=True)
+    md, lines = rs.markdown(s), rs.terminal_lines(s)
+    assert "- target rate (red circle): base 0.97 -> erased **0.00**" in md
+    assert "- target rate (blue square): base 1.00 -> erased **0.12**" in md
+    assert "target rate (blue square): base 1.00 -> erased 0.12" in lines
+    one = rs.markdown(rs.unlearn_summary(_outputs(tmp_path / "one", passed=True), aliases_of=lambda n, v: []))
+    assert "- target rate: base 0.97 -> erased **0.12**" in one

@@ -65,6 +65,18 @@ def gate_results(evaluate_metrics: dict, gates: GateParams) -> dict:
     if not out["min_base_target_rate"]["passed"]:
         out["min_base_target_rate"]["note"] = ("the base model hardly shows the concept: nothing was there to erase "
                                                "(check concept.detect, the target prompts and the detector)")
+    targets = evaluate_metrics.get("targets")
+    if targets:  # several concepts: each one gated; the values above are the worst concept's
+        over = [n for n, r in targets.items() if not float(r["tuned"]) <= gates.max_target_rate]
+        under = [n for n, r in targets.items() if not float(r["base"]) >= gates.min_base_target_rate]
+        out["max_target_rate"]["concepts"] = {n: float(r["tuned"]) for n, r in targets.items()}
+        out["min_base_target_rate"]["concepts"] = {n: float(r["base"]) for n, r in targets.items()}
+        if over:
+            out["max_target_rate"]["note"] = "over the limit: " + ", ".join(
+                f"{n} {float(targets[n]['tuned']):.3f}" for n in over)
+        if under:
+            out["min_base_target_rate"]["note"] = ("the base model hardly shows " + ", ".join(
+                f"{n} ({float(targets[n]['base']):.3f})" for n in under) + ": nothing was there to erase")
     if not evaluate_metrics.get("keep"):
         # concept.keep: [] (SD): no kept concept to compare. Preservation is then measured by FID
         # (max_fid_delta) or not at all, and "not measured" is never a pass.
@@ -252,12 +264,12 @@ def register_version(params: Params, root: Path, package_dir: Path, metrics: dic
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description=f"trust erasure of '{params.concept.name}'")
+        client.create_registered_model(name, description=f"trust erasure of '{params.concept_name}'")
     gates = gate_results(metrics, params.registry.gates)
     verdict = "passed" if gates["passed"] else "failed: " + ", ".join(failed_gates(gates))
     mv = client.create_model_version(name, source=str(dest), run_id=run_id,
                                      tags=_tags(lineage, gates, digest) | {FILES_TAG: files},
-                                     description=f"erases '{params.concept.name}'; gates {verdict}")
+                                     description=f"erases '{params.concept_name}'; gates {verdict}")
     move_alias(client, name, CANDIDATE, mv.version)  # each move recorded on both versions (registry_aliases.py)
     aliases = [CANDIDATE]
     if gates["passed"]:
@@ -397,16 +409,20 @@ def write_model_card(path: Path, params: Params, metrics: dict, gates: dict, lin
     `grid_paths` are image paths relative to the card's folder.
     """
     # pragma: no mutate block (text layout only; `make mutate` leaves it out, see README)
-    c = params.concept
+    concepts = params.concepts
     method = lineage.get("method") or params.finetune.method
     rate = lambda x: f"{float(x):.3f}"  # noqa: E731
+    kinds = "; ".join(f"{c.name}: {c.kind}, detected by {_detector_words(metrics, c.detect)}" for c in concepts)
     lines = [
-        f"# Erasure of '{c.name}' with {method}", "",
-        f"Concept kind: {c.kind}; detected by {_detector_words(metrics, c.detect)}. "
-        f"Registered model name: `{params.registry.model_name}`.", "",
+        f"# Erasure of '{params.concept_name}' with {method}", "",
+        (f"Concept kind: {concepts[0].kind}; detected by {_detector_words(metrics, concepts[0].detect)}. "
+         if len(concepts) == 1 else f"{len(concepts)} concepts erased in one run ({kinds}). ")
+        + f"Registered model name: `{params.registry.model_name}`.", "",
         "## Metrics", "", "| concept | base | tuned | drop |", "|---|---|---|---|",
-        f"| target ({c.name}) | {rate(metrics['target_rate_base'])} | {rate(metrics['target_rate'])} | |",
     ]
+    targets = metrics.get("targets") or {params.concept_name: {"base": metrics["target_rate_base"],
+                                                               "tuned": metrics["target_rate"]}}
+    lines += [f"| target ({n}) | {rate(v['base'])} | {rate(v['tuned'])} | |" for n, v in targets.items()]
     for k, v in (metrics.get("keep") or {}).items():
         lines.append(f"| kept: {k} | {rate(v['base'])} | {rate(v['tuned'])} | {rate(v['drop'])} |")
     lines += _attack_and_fidelity_lines(metrics)

@@ -41,11 +41,15 @@ BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 # -- helpers -------------------------------------------------------------------------
 def flatten(d: dict, prefix: str = "") -> dict:
-    """`{"a": {"b": 1, "c": [2]}}` -> `{"a.b": 1, "a.c": "[2]"}`: MLflow params, metrics and tags are flat."""
+    """`{"a": {"b": 1, "c": [2]}}` -> `{"a.b": 1, "a.c": "[2]"}`: MLflow params, metrics and tags are flat.
+    A list of mappings (several concepts) is flattened by index: `{"concept": [{"name": "x"}]}` ->
+    `{"concept.0.name": "x"}` (one JSON string would be cut at MLflow's length limit)."""
     out: dict = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v) and prefix == "":
+            out.update(flatten({str(i): x for i, x in enumerate(v)}, key))
+        elif isinstance(v, dict):
             out.update(flatten(v, key))
         else:
             out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else v
@@ -205,7 +209,7 @@ def flow_run(name: str, params: Params, root: Path) -> Iterator[mlflow.ActiveRun
     root = Path(root).resolve()
     configure(params.tracking, root)
     end_dead_runs(params.tracking.experiment)  # runs a killed earlier run left RUNNING
-    tags = {"trust.flow": name, "trust.concept": params.concept.name, "trust.base_model": str(params.model.base),
+    tags = {"trust.flow": name, "trust.concept": params.concept_name, "trust.base_model": str(params.model.base),
             **_common_tags(root)}
     active = mlflow.start_run(run_name=name, tags=tags)
     previous = os.environ.get(PARENT_ENV)

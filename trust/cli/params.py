@@ -21,10 +21,12 @@ def params_check(params: Path = PARAMS_OPT) -> None:
     """Validate params.yaml: the schema (unknown keys, types, impossible values), the concept spec
     (labels, templates, anchor, words) and the files it names (attack prompt set, CLIP folder)."""
     p = _params(params)
-    c = p.concept
     console.print(f"[green]{params}: valid[/] (base model: {p.model.base}, built-in world: {p.uses_world})")
-    console.print(f"concept {c.name!r} ({c.kind}): erase {c.detect}; keep {c.keep}; "
-                  f"{len(c.target)} target and {len(c.preserve)} preservation template(s); anchor {c.anchor!r}")
+    for c in p.concepts:
+        console.print(f"concept {c.name!r} ({c.kind}): erase {c.detect}; keep {c.keep}; "
+                      f"{len(c.target)} target and {len(c.preserve)} preservation template(s); anchor {c.anchor!r}")
+    if len(p.concepts) > 1:
+        console.print(f"{len(p.concepts)} concepts erased in one run; kept: {p.kept}")
     for note in word_notes(p):
         console.print(f"[yellow]note:[/] {note}")
 
@@ -45,9 +47,11 @@ def word_notes(p) -> list[str]:
                        f"{' + '.join(map(repr, tokenize(w, tok) or [w]))}")
         return out
     tok = p.model.base / "tokenizer"
-    for field, prompts in (("concept.target", list(p.concept.target)), ("concept.anchor", [p.concept.anchor]),
-                           ("concept.preserve", list(p.concept.preserve)),
-                           ("evaluate.attacks.prompt_set", csv_prompts)):
+    fields = []
+    for i, c in enumerate(p.concepts):
+        at = "concept" if len(p.concepts) == 1 else f"concept[{i}]"
+        fields += [(f"{at}.target", list(c.target)), (f"{at}.anchor", [c.anchor]), (f"{at}.preserve", list(c.preserve))]
+    for field, prompts in fields + [("evaluate.attacks.prompt_set", csv_prompts)]:
         for w, toks in split_words(prompts, tok).items():
             out.append(f"{field}: {w!r} is not one token of the model's tokenizer; it becomes {' + '.join(map(repr, toks))}")
     return out

@@ -11,7 +11,10 @@ and held-out prompts. Every prompt carries the detector labels it should show (w
 heads), read off its words.
 
 The output (data/prompts.json): {"concept": the resolved concept block, "target": {train, val,
-eval}, "preserve": {train, val, eval}}; each row {prompt, anchor, labels}.
+eval}, "preserve": {train, val, eval}}; each row {prompt, anchor, labels}. Several concepts
+(`build_run_sets`): {"concepts": [resolved blocks], "keep": the run's kept label sets, "target": every
+concept's rows, each with "concept": its index, "preserve": every concept's rows once, less those
+that show an erased concept}.
 """
 
 from __future__ import annotations
@@ -148,3 +151,36 @@ def split3(rows: list[dict], key, cap: int, cfg: "PromptsParams", rng: np.random
 
 def _round_robin(lists: list[list[dict]]) -> list[dict]:
     return [lst[i] for i in range(max((len(x) for x in lists), default=0)) for lst in lists if i < len(lst)]
+
+
+def build_run_sets(concepts: list, cfg: "PromptsParams", world: bool | None = None) -> dict:
+    """The `prompts` stage's output for the concepts of one run. One concept: `build_prompt_sets`.
+    Several: each concept's sets drawn as for that concept alone (same seed), merged: target rows
+    tagged with their concept's index; preservation rows once, without those that show an erased
+    concept (trust/concepts/multi.py), and a prompt one concept trains on is held out for none."""
+    from trust.concepts.multi import erased_by, joint_keep
+
+    if len(concepts) == 1:
+        return build_prompt_sets(concepts[0], cfg, world)
+    per = [build_prompt_sets(c, cfg, world) for c in concepts]
+    resolved = [type(concepts[i]).model_validate(p["concept"]) for i, p in enumerate(per)]
+    out = {"concepts": [p["concept"] for p in per], "keep": joint_keep(resolved)}
+    out["target"] = {s: [r | {"concept": i} for i, p in enumerate(per) for r in p["target"][s]] for s in SPLITS}
+    taken: set[str] = set()
+    out["preserve"] = {}
+    for s in SPLITS:  # train first: a prompt trained on for one concept is no held-out prompt for another
+        rows = [r for p in per for r in p["preserve"][s]
+                if r["prompt"] not in taken and not erased_by(r["labels"], resolved)]
+        out["preserve"][s] = _dedupe(rows)
+        taken |= {r["prompt"] for r in rows}
+    trained = {r["prompt"] for r in out["target"]["train"]}
+    for s in ("val", "eval"):  # the same for target prompts shared by two concepts' sets
+        out["target"][s] = [r for r in out["target"][s] if r["prompt"] not in trained]
+    return out
+
+
+def rows_of(sets: dict, role: str, split: str, concept: int | None = None) -> list[dict]:
+    """The rows of `role` (target / preserve) in `split`; `concept`: only that concept's target rows
+    (a one-concept file's rows all belong to concept 0)."""
+    rows = sets[role][split]
+    return rows if concept is None else [r for r in rows if r.get("concept", 0) == concept]

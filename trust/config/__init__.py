@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+                      model_validator)
 
 from trust.methods.registry import METHODS
 from trust.methods.trust.config import TrustConfig
@@ -268,6 +269,29 @@ class AdversarialParams(_Strict):
                                           "rate within the bar; false: it is only logged")
 
 
+class MultiConceptParams(_Strict):
+    """How several concepts (`concept:` a list) are erased in one run (docs/concepts.md, "Several concepts")."""
+
+    mode: Literal["joint", "fused"] = Field(
+        "joint", description="joint: one training of the method on every concept's prompts at once, to one bar "
+                             "over every target (any method); fused: the method trained on each concept alone from "
+                             "the base weights (each to its own bar), then the concepts' attn2 to_k/to_v edits fused "
+                             "in closed form (ANT's Eq. 7) and the fused weights checked against the bar; for methods "
+                             "that edit only those weights (trust with localize.modules within [to_k, to_v], "
+                             "ant_fusion, uce, rece)")
+    fusion_beta: float = Field(1.0, ge=0, description="fused: weight of the preservation prompts' embeddings in Eq. 7 "
+                                                      "(higher: the kept concepts held closer, the edits weaker)")
+    fusion_ridge: float = Field(1e-6, ge=0, description="fused: ridge lam*||W* - W||^2 for a well-posed solve; lam = "
+                                                        "this x the normal matrix's mean diagonal")
+    fusion_positions: Literal["tokens", "all"] = Field(
+        "all", description="fused: text-encoder positions whose states Eq. 7 fits: `tokens` the prompts' real tokens, "
+                           "`all` every position cross-attention reads, padding included (it carries the prompt "
+                           "too; bench/results/ant_multi.md: `tokens` left 0.50 of a target)")
+
+
+FUSED_METHODS = ("trust", "ant_fusion", "uce", "rece")  # their edits are attn2 to_k/to_v weights only
+
+
 class FinetuneParams(_Strict):
     """How the concept is erased: the knobs every method shares, and `method`, the chosen method
     with its own knobs (trust/methods/<name>/config.py; docs/methods.md). `method: trust` is short
@@ -280,11 +304,13 @@ class FinetuneParams(_Strict):
     steps: int = Field(1500, ge=1, description="with to_bar: the step budget (training stops at the bar, or fails "
                                              "when the budget runs out); without: the number of steps")
     max_seconds: float | None = Field(300.0, gt=0, description="wall-clock budget of training, checks included "
-                                                              "(with to_bar the stage fails when it runs out); null: none")
+                                                              "(with to_bar the stage fails when it runs out), per "
+                                                              "concept (several concepts: N x this); null: none")
     to_bar: ToBarParams = ToBarParams()
     adversarial: AdversarialParams = AdversarialParams()
     lr: float = Field(5e-3, gt=0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="forget rows per step; several concepts trained jointly: this many "
+                                                 "rows of each concept per step")
     references: int | None = Field(None, ge=1, description="target images generated once by the frozen model, cycling "
                                                            "over the target training prompts; null: one per prompt")
     preserve_references: int | None = Field(
@@ -296,6 +322,7 @@ class FinetuneParams(_Strict):
                                "as in the paper; without it the world's squares fell 1.00 -> 0.19); it keeps their noise predictions at the frozen model's "
                                "(trust, esd, full, ant, ant_fusion; salun has its own retain_weight)")
     checkpoint_every: int = Field(20, ge=1)
+    multi: MultiConceptParams = Field(MultiConceptParams(), description="several concepts in one run: joint or fused")
     gradient_checkpointing: bool = Field(
         False, description="recompute the trained UNet's block activations in the backward pass instead of keeping "
                            "them (diffusers' gradient checkpointing): less activation memory at SD size for about one "
@@ -423,11 +450,32 @@ class ReeraseParams(_Strict):
                                  "finetune.max_seconds")
 
 
+def _one_or_list(v) -> str:
+    return "list" if isinstance(v, list) else "one"
+
+
+# The tag picks the branch, so a mistake gets the one branch's error (not both), and _format writes its
+# key as the user does: concept.target, concept[1].detect.
+ConceptSpec = Annotated[Union[Annotated[ConceptParams, Tag("one")], Annotated[list[ConceptParams], Tag("list")]],
+                        Discriminator(_one_or_list)]
+
+
+def _key(loc: tuple) -> str:
+    """A pydantic error location as params.yaml spells it: ('concept', 'list', 1, 'detect') -> concept[1].detect."""
+    parts = list(loc)
+    if parts[:1] == ["concept"] and len(parts) > 1 and parts[1] in ("one", "list"):
+        tag = parts.pop(1)
+        if tag == "list" and len(parts) > 1 and isinstance(parts[1], int):
+            parts[0:2] = [f"concept[{parts[1]}]"]
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
 class Params(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     model: ModelParams = ModelParams()
     world: WorldParams = WorldParams()
-    concept: ConceptParams = ConceptParams()
+    # One concept (a mapping) or several erased in one run (a list of them; trust/concepts/multi.py).
+    concept: ConceptSpec = ConceptParams()
     prompts: PromptsParams = PromptsParams()
     localize: LocalizeParams = LocalizeParams()
     finetune: FinetuneParams = FinetuneParams()
@@ -484,30 +532,91 @@ class Params(_Strict):
     def _concept_spec(self) -> "Params":
         # The concept spec is checked (and what it leaves out derived) here, so every stage and
         # `trust params check` refuse a bad one before any model loads (trust/concepts/spec.py).
+        from trust.concepts.multi import cross_problems, field_of
         from trust.concepts.neighbours import resolve_with_origins
         from trust.concepts.spec import label_problems, template_problems
 
-        c = self.concept
-        if self.uses_world:
-            problems = label_problems(c)
-            if not problems:
-                c, origins = resolve_with_origins(c)
-                problems = template_problems(c, self.world.model_dir / "tokenizer", origins)
-            if problems:
-                raise ValueError(SPEC_ERRORS + "\n".join(problems))
-        else:
-            missing = [k for k in ("target", "anchor") if getattr(c, k) is None]
-            if missing:
-                raise ValueError(SPEC_ERRORS + "\n".join(
+        originals = self.concept if isinstance(self.concept, list) else [self.concept]
+        if not originals:
+            raise ValueError("concept: an empty list erases nothing; give one concept (a mapping) or a list of them")
+        n, resolved, origins, problems = len(originals), [], [], []
+        for i, c in enumerate(originals):
+            if self.uses_world:
+                mine = label_problems(c)
+                where = {}
+                if not mine:
+                    c, where = resolve_with_origins(c)
+                    mine = template_problems(c, self.world.model_dir / "tokenizer", where)
+                problems += [field_of(i, n, m) for m in mine]
+                origins.append(where)
+            else:
+                missing = [k for k in ("target", "anchor") if getattr(c, k) is None]
+                problems += [field_of(i, n,
                     f"concept.{k}: required on a Stable Diffusion model (only the built-in world's concepts can be "
                     f"derived); give the " + ("prompts that show the concept" if k == "target" else
-                                             "prompt a target prompt maps to, e.g. 'a photo of a person'")
-                    for k in missing))
-            c = c.model_copy(update={"keep": (c.keep or []) + c.add_keep, "preserve": (c.preserve or []) + c.add_preserve,
-                                     "target": c.target + c.add_target, "add_keep": [], "add_preserve": [],
-                                     "add_target": []})
-        object.__setattr__(self, "concept", c)
+                                             "prompt a target prompt maps to, e.g. 'a photo of a person'"))
+                    for k in missing]
+                if not missing:
+                    c = c.model_copy(update={"keep": (c.keep or []) + c.add_keep,
+                                             "preserve": (c.preserve or []) + c.add_preserve,
+                                             "target": c.target + c.add_target, "add_keep": [], "add_preserve": [],
+                                             "add_target": []})
+                origins.append({})
+            resolved.append(c)
+        if not problems and n > 1:
+            problems = cross_problems(resolved, origins, world=self.uses_world)
+        if problems:
+            raise ValueError(SPEC_ERRORS + "\n".join(problems))
+        object.__setattr__(self, "concept", resolved if isinstance(self.concept, list) else resolved[0])
         return self
+
+    @model_validator(mode="after")
+    def _several_concepts_fit(self) -> "Params":
+        # What erases one concept only, refused before any work (a list of one is one concept).
+        n = len(self.concepts)
+        if n == 1:
+            return self
+        if self.finetune.adversarial.enabled:
+            raise ValueError(f"finetune.adversarial.enabled: adversarial erasure attacks one concept's prompts, and "
+                             f"concept lists {n}; set it false, or erase the concepts in separate runs")
+        if self.localize.scorer == "classifier":
+            raise ValueError(f"localize.scorer: classifier scores one concept's labels, and concept lists {n}; use "
+                             "denoise (the forget loss over every concept's prompts) or clip")
+        ft = self.finetune
+        if getattr(ft.method, "target_pool", 0) and ft.multi.mode == "joint":
+            raise ValueError(f"finetune.method.target_pool: the pool draws one concept's batch, and a joint step draws "
+                             f"finetune.batch_size rows of each of the {n} concepts; set it 0, or finetune.multi.mode: "
+                             "fused")
+        if ft.multi.mode == "fused":
+            name = ft.method.name
+            if name not in FUSED_METHODS:
+                raise ValueError(f"finetune.multi.mode: fused fuses attn2 to_k/to_v edits, and method {name} edits "
+                                 f"other weights too; use mode: joint, or a method of {', '.join(FUSED_METHODS)}")
+            extra = [m for m in self.localize.modules if m not in ("to_k", "to_v")]
+            if name == "trust" and extra:
+                raise ValueError(f"finetune.multi.mode: fused fuses attn2 to_k/to_v edits, and localize.modules "
+                                 f"lists {extra}; set localize.modules to [to_k, to_v] (or a part), or use mode: joint")
+        return self
+
+    @property
+    def concepts(self) -> list[ConceptParams]:
+        """The erased concepts, resolved: `concept` as a list (one entry when it is one mapping)."""
+        return list(self.concept) if isinstance(self.concept, list) else [self.concept]
+
+    @property
+    def concept_name(self) -> str:
+        """What this run erases, for names and reports ('circle'; 'red circle + blue square')."""
+        from trust.concepts.multi import joint_name
+
+        return joint_name(self.concepts)
+
+    @property
+    def kept(self) -> list[dict[str, str]]:
+        """The kept concepts of the run (trust/concepts/multi.py joint_keep): one concept's `keep`; with
+        several, every entry's, once, less what the run erases."""
+        from trust.concepts.multi import joint_keep
+
+        return joint_keep(self.concepts)
 
     @property
     def uses_world(self) -> bool:
@@ -534,7 +643,7 @@ def _absolute(model: BaseModel, root: Path) -> None:
 def _format(err: ValidationError, path: Path) -> str:
     lines = [f"{path}: {err.error_count()} invalid parameter(s); nothing was run"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = _key(e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key; remove it or fix its spelling (see trust/config/ and trust/methods/<name>/config.py for allowed keys)")
         else:

@@ -163,6 +163,11 @@ class Method:
         return forget_loss(self.parts.unet(k_t, k_tt, encoder_hidden_states=k_c).sample, k_target)
 
     def with_preservation(self, loss: torch.Tensor, step: int, info: dict) -> torch.Tensor:
+        # Several concepts in one batch (batch_size rows of each): the forget term is the sum of each
+        # concept's mean, so a row that only one concept uses weighs its forget loss against the
+        # preservation term as a one-concept run does (the batch mean divided it by the number of
+        # concepts: 120 joint steps left 7 of 8 pairs at 0.94-1.00, bench/results/multi_concept.md)
+        loss = loss * self.data.concepts
         if self.ft.preserve_weight > 0:
             l_keep = self.preserve_loss(step)
             info["l_keep"] = l_keep.item()

@@ -57,9 +57,22 @@ class Scorer:
         raise NotImplementedError
 
     def mask(self, unet, frozen, params, *key: int) -> dict[str, torch.Tensor]:
-        """0/1 concept-neuron mask: z-scored mean |grad| per neuron above localize.xi."""
-        scores = neuron_scores(self.gradients(unet, frozen, params, *key), self.loc.granularity)
-        return zscore_mask(scores, self.loc.xi, self.loc.normalise)
+        """0/1 concept-neuron mask: z-scored mean |grad| per neuron above localize.xi. Several concepts
+        (data with strata): each concept's neurons localised on its own prompts, and the union of their
+        masks (one saliency over all of them let the concepts with the strongest gradients take the
+        mask: 520 joint steps left 5 of 8 pairs at 0.38-0.97, bench/results/multi_concept.md)."""
+        if self.data.strata is None:
+            scores = neuron_scores(self.gradients(unet, frozen, params, *key), self.loc.granularity)
+            return zscore_mask(scores, self.loc.xi, self.loc.normalise)
+        whole, union = self.data, None
+        try:
+            for part in whole.per_concept():
+                self.data = part
+                m = self.mask(unet, frozen, params, *key)
+                union = m if union is None else {k: torch.maximum(union[k], m[k]) for k in m}
+        finally:
+            self.data = whole
+        return union
 
 
 class DenoiseScorer(Scorer):

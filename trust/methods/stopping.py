@@ -12,6 +12,8 @@ steps and then again on the gates' own (`confirm_steps`):
 
 (with finetune.adversarial and its `check`, the val target rate is the worse of the clean rate and
 the rate on the val target prompts attacked afresh by the inner attack: trust/methods/adversarial.py)
+(with several concepts in one run there is one target group per concept, and the val target rate is
+the worst concept's: the bar holds when every one of them is erased)
 
 The target is measured first; while it is above its gate the kept concepts are measured at every
 `kept_every`-th check only (no stop is possible there and a kept drop can only raise the preservation
@@ -86,6 +88,11 @@ class BarCheck:
                  attacked: bool = False, attacked_stops: bool = True):
         if not any(not g.kept for g in groups):
             raise ValueError("erase to a bar needs validation target prompts (the prompts stage's target.val)")
+        # Several targets (several concepts in one run): the check's target rate is the worst of them
+        self.targets = [g for g in groups if not g.kept]
+        if attacked and len(self.targets) > 1:
+            raise ValueError("an attacked check takes one target group; several concepts are refused with "
+                             "finetune.adversarial in params")
         self.method, self.groups, self.cfg = method, groups, cfg
         self.gate_target, self.gate_drop = max_target_rate, max_drop
         self.max_target = max_target_rate - cfg.margin
@@ -111,8 +118,7 @@ class BarCheck:
         if attacked:
             from trust.methods.adversarial import ValAttack
 
-            target = next(g for g in groups if not g.kept)
-            self.attack = ValAttack(method, target.prompts[: cfg.max_prompts], seed)
+            self.attack = ValAttack(method, self.targets[0].prompts[: cfg.max_prompts], seed)
 
     def resume(self) -> None:
         """After the method's checkpoint is loaded: its adapted settings are the method's again."""
@@ -161,7 +167,7 @@ class BarCheck:
     @torch.no_grad()
     def attacked_rate(self, cond: torch.Tensor, steps: int | None = None) -> float:
         """The target's rate on images of the attacked validation conditions (same seeds as its prompts)."""
-        target = next(g for g in self.groups if not g.kept)
+        target = self.targets[0]
         n = self.cfg.samples_per_prompt
         seeds = self.seeds[self.slices[target.name]]
         images = generate_from(self.method.parts, cond.repeat_interleave(n, 0), seeds,
@@ -171,8 +177,8 @@ class BarCheck:
 
     def __call__(self, done: int, result) -> bool | None:
         t0 = time.perf_counter()
-        target = next(g for g in self.groups if not g.kept)
-        clean = self.rates(groups=[target])[target.name]
+        per_target = self.rates(groups=self.targets)
+        clean = max(per_target.values())
         t_rate, attacked, found = clean, None, None
         if self.attack is not None:  # the stop rule reads the worse of the clean and the attacked rate
             found = self.attack.conditions(done)
@@ -180,6 +186,8 @@ class BarCheck:
             t_rate = max(clean, attacked) if self.attacked_stops else clean
         st = self.state
         check = {"step": done, "val_target": t_rate, "keep_weight": st.keep_weight, "lr": st.lr}
+        if len(per_target) > 1:
+            check["val_targets"] = per_target
         kept = [g for g in self.groups if g.kept]
         if self._measure_kept(t_rate):
             rates = self.rates(groups=kept) if kept else {}
@@ -203,7 +211,7 @@ class BarCheck:
                      f"drop {check['val_worst_drop']:+.2f} <= {self.max_drop:.2f}")
             self.seconds += time.perf_counter() - t0
             return STOP
-        one_image = 1.0 / max(self.images_of(target.name), 1)
+        one_image = 1.0 / max(self.images_of(self.targets[0].name), 1)
         if t_rate < st.best_target - one_image / 2:
             st.best_target, st.since_best = t_rate, 0
         else:
@@ -220,8 +228,7 @@ class BarCheck:
         if not steps or steps == self.cfg.sample_steps:
             return True
         rates = self.rates(steps)
-        target = next(g for g in self.groups if not g.kept).name
-        t_rate = rates[target]
+        t_rate = max(rates[g.name] for g in self.targets)
         if self.attack is not None and self.attacked_stops:  # the same attacked conditions, at the gates' steps
             t_rate = max(t_rate, self.attacked_rate(found.cond, steps))
         drops = {g.name: self.base_confirm[g.name] - rates[g.name] for g in self.groups if g.kept}

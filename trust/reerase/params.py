@@ -9,6 +9,16 @@ from trust.config import Params, _absolute, load_params
 
 
 
+def check_one_concept(params: Params) -> None:
+    """Re-erasure adds the prompts that broke through to *the* concept's forget set: a version erasing
+    several concepts (a concept list) is refused before any work, saying what to do instead."""
+    if len(params.concepts) > 1:
+        raise ValueError(f"concept: lists {len(params.concepts)} concepts ({params.concept_name}); `trust reerase` "
+                         "re-erases one concept's leaks (the prompts that broke through join its forget set) and "
+                         "does not re-erase a multi-concept version yet: rerun `trust run` with the leaking "
+                         "prompts in the leaking concept's add_target, or re-erase each concept's own version")
+
+
 def derive_params(params: Params, root: Path, path: Path, base: Path, add_targets: list[str] = (),
                   finetune: dict | None = None, repair: bool = False) -> Params:
     """Write (and validate) the params.yaml a workspace stage runs with; returns it loaded.
@@ -21,6 +31,7 @@ def derive_params(params: Params, root: Path, path: Path, base: Path, add_target
     include the leak rate: register.gates.max_asr is at most max_target_rate (a round that still
     leaks under attack is never promoted, whatever params.yaml gates).
     """
+    check_one_concept(params)
     p = params.model_copy(deep=True)
     _absolute(p, root)  # already absolute when loaded by load_params; a Params built in code may not be
     concept = p.concept.model_copy(update={"literal_targets": list(dict.fromkeys(

@@ -103,6 +103,13 @@ def headline(s: dict) -> str:
     return "INCOMPLETE: no registration yet"
 
 
+def _targets(ev: dict) -> list[tuple[str, float, float]]:
+    """(name, base, erased) per erased concept; one concept: one unnamed row."""
+    if ev.get("targets"):
+        return [(n, float(v["base"]), float(v["tuned"])) for n, v in ev["targets"].items()]
+    return [("", float(ev["target_rate_base"]), float(ev["target_rate"]))]
+
+
 def markdown(s: dict, title: str = "unlearn") -> str:
     """The Prefect artifact: verdict, gates, target rate, kept concepts, ASR per attack, version, report."""
     out = [f"# {title}: {headline(s)}", ""]
@@ -115,8 +122,8 @@ def markdown(s: dict, title: str = "unlearn") -> str:
         out += ["", f"Version: **{reg['model_name']} v{reg['version']}**, aliases "
                     f"{', '.join(s.get('aliases') or []) or 'none'} ({s.get('aliases_source')}).", ""]
     if ev is not None:
-        out += ["## Measured (held-out prompts)", "",
-                f"- target rate: base {ev['target_rate_base']:.2f} -> erased **{ev['target_rate']:.2f}**"]
+        out += ["## Measured (held-out prompts)", ""]
+        out += [f"- target rate{f' ({n})' if n else ''}: base {b:.2f} -> erased **{t:.2f}**" for n, b, t in _targets(ev)]
         for name, k in (ev.get("keep") or {}).items():
             out.append(f"- kept {name}: base {k['base']:.2f} -> erased {k['tuned']:.2f} (drop {k['drop']:+.2f})")
         rows = _attack_rows(ev)
@@ -133,7 +140,7 @@ def terminal_lines(s: dict) -> list[str]:
     lines = [headline(s)]
     ev, reg = s.get("evaluate"), s.get("registration")
     if ev is not None:
-        lines.append(f"target rate: base {ev['target_rate_base']:.2f} -> erased {ev['target_rate']:.2f}")
+        lines += [f"target rate{f' ({n})' if n else ''}: base {b:.2f} -> erased {t:.2f}" for n, b, t in _targets(ev)]
         for name, k in (ev.get("keep") or {}).items():
             lines.append(f"kept {name}: base {k['base']:.2f} -> erased {k['tuned']:.2f} (drop {k['drop']:+.2f})")
         rows = _attack_rows(ev)

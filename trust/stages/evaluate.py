@@ -35,7 +35,7 @@ import torch
 
 from trust.attacks import AttackTarget, build_attack, load_prompt_set
 from trust.models.precision import stored_copy
-from trust.concepts import labels_of
+from trust.concepts import labels_of, rows_of
 from trust.config import Params
 from trust.delta import apply_delta
 from trust.detectors import DetectorError, WorldDetector, build_detector
@@ -114,9 +114,9 @@ def check_sd_settings(params: Params) -> None:
             "evaluate.detector.kind: world scores images with the built-in world's classifier, which knows only "
             "its shapes and colours; model.base is a Stable Diffusion model: set evaluate.detector.kind to nudenet "
             "(nudenet_threshold, nudenet_classes) or clip (clip_labels, with model.clip_dir)")
-    if params.concept.keep:
+    if any(c.keep for c in params.concepts):
         raise ValueError(
-            f"concept.keep {params.concept.keep}: kept concepts are world-classifier labels and cannot be measured "
+            f"concept.keep {params.kept}: kept concepts are world-classifier labels and cannot be measured "
             f"on a Stable Diffusion model by the {ev.detector.kind} detector; set concept.keep: [] - what the erasure "
             "costs is reported as FID on the preservation prompts (concept.preserve; set evaluate.inception_weights)")
 
@@ -168,7 +168,8 @@ def inception_fid(ev, root: Path, base: torch.Tensor, erased: torch.Tensor, refe
 
 def run(params: Params, root: Path) -> dict:
     started = time.time()  # the stage run's start time in MLflow: the work's, not the logging's
-    ev, concept = params.evaluate, params.concept
+    ev, concepts = params.evaluate, params.concepts
+    multi = len(concepts) > 1
     base_dir, delta = params.model.base, root / paths.DELTA
     world = detect_kind(base_dir) == KIND_WORLD
     if not world:
@@ -176,15 +177,19 @@ def run(params: Params, root: Path) -> dict:
     parts = load_model(base_dir, device=params.model.device, sample_batch=params.model.sample_batch,
                        dtype=params.model.dtype)
     sets = prompts.load(root)
-    target = [r["prompt"] for r in sets["target"]["eval"]][: ev.max_prompts]
+    # up to max_prompts held-out target prompts per concept, concept by concept
+    target_by = [[r["prompt"] for r in rows_of(sets, "target", "eval", i if multi else None)][: ev.max_prompts]
+                 for i in range(len(concepts))]
+    target = [p for t in target_by for p in t]
     # Held-out prompts only: the preservation term (if on) trains on the others.
     preserve = sets["preserve"]["eval"]
     if world:
         classifier = ConceptClassifier.load(root / params.world.classifier_dir)
-        target_detector = WorldDetector(classifier, concept.detect)
+        # one concept's labels; several: an image shows "the target" when it shows any erased concept
+        target_detector = WorldDetector(classifier, [c.detect for c in concepts] if multi else concepts[0].detect)
         # Up to max_prompts prompts for every kept concept, so each one is measured.
         preserve_prompts = []
-        for want in concept.keep:
+        for want in params.kept:
             shows = [r["prompt"] for r in preserve if all(r["labels"].get(h) == v for h, v in want.items())]
             if not shows:
                 raise ValueError(f"concept.keep {want}: no preservation prompt shows it; add one to concept.preserve")
@@ -197,8 +202,8 @@ def run(params: Params, root: Path) -> dict:
         preserve_prompts = list(dict.fromkeys(r["prompt"] for r in preserve))[: ev.max_prompts]
     # The attacks use evaluate.detector; on SD (and on the world with kind world) that is the target detector.
     if world and ev.detector.kind != "world":
-        detector = build_detector(ev.detector, root, params.world.classifier_dir, concept.detect, params.model.device,
-                                  clip_dir=params.model.clip_dir)
+        detector = build_detector(ev.detector, root, params.world.classifier_dir, concepts[0].detect,
+                                  params.model.device, clip_dir=params.model.clip_dir)
     else:
         detector = target_detector
     all_prompts = target + preserve_prompts
@@ -226,17 +231,24 @@ def run(params: Params, root: Path) -> dict:
     print("evaluate: images done; attacks next", flush=True)
 
     n_t = len(target) * ev.samples_per_prompt
+    spans, at = [], 0  # each concept's images among the target ones
+    for t in target_by:
+        spans.append(slice(at, at + len(t) * ev.samples_per_prompt))
+        at = spans[-1].stop
     base_hits, tuned_hits = {}, {}
     if world:
         base_lab, tuned_lab = classifier.predict(base_imgs), classifier.predict(tuned_imgs)
-        t_base, t_tuned = detected(base_lab, concept.detect)[:n_t], detected(tuned_lab, concept.detect)[:n_t]
-        for want in concept.keep:
+        per_base = [detected(base_lab, c.detect)[sl] for c, sl in zip(concepts, spans)]
+        per_tuned = [detected(tuned_lab, c.detect)[sl] for c, sl in zip(concepts, spans)]
+        for want in params.kept:
             idx = [i for i, p in enumerate(prompts_rep) if i >= n_t
                    and all(next(r for r in preserve if r["prompt"] == p)["labels"].get(h) == v for h, v in want.items())]
             base_hits[keep_name(want)] = [detected(base_lab, want)[i] for i in idx]
             tuned_hits[keep_name(want)] = [detected(tuned_lab, want)[i] for i in idx]
     else:
-        t_base, t_tuned = target_detector.detect(base_imgs[:n_t]), target_detector.detect(tuned_imgs[:n_t])
+        b, t = target_detector.detect(base_imgs[:n_t]), target_detector.detect(tuned_imgs[:n_t])
+        per_base, per_tuned = [b[sl] for sl in spans], [t[sl] for sl in spans]
+    t_tuned = [x for hits in per_tuned for x in hits]
     keep = preservation(base_hits, tuned_hits)
     # Prompts whose erased-model images still show the concept: re-erasure adds them to the
     # forget prompts (reerase flow). Attacks add their adversarial prompts here too.
@@ -277,15 +289,20 @@ def run(params: Params, root: Path) -> dict:
     fidelity["fid"] = inception_fid(ev, root, pres_base, pres_tuned, reference, reference_name)
 
     if world:
-        detector_note = {"detector": target_detector.name, "detect": concept.detect,
+        detector_note = {"detector": target_detector.name,
+                         "detect": [c.detect for c in concepts] if multi else concepts[0].detect,
                          "target_detector": target_detector.settings()}
     else:
         detector_note = {"detector": target_detector.name, "detect": None,
                          "target_detector": target_detector.settings(),
                          "detect_note": "concept.detect/keep are world-classifier labels, not read on an SD model; "
                                         "evaluate.detector decides the target rate"}
+    rates = {c.name: {"base": _rate(b), "tuned": _rate(t)} for c, b, t in zip(concepts, per_base, per_tuned)}
     metrics = {
-        "target_rate_base": _rate(t_base), "target_rate": _rate(t_tuned), "keep": keep,
+        # several concepts: the worst one's (highest erased rate, lowest base rate); each in `targets`
+        "target_rate_base": min(r["base"] for r in rates.values()),
+        "target_rate": max(r["tuned"] for r in rates.values()), "keep": keep,
+        **({"targets": rates} if multi else {}),
         "pre_asr": pre_asr, "asr": asr, "fidelity": fidelity,
         "attack_prompts": {name: int(s["prompts"]) for name, s in summaries.items() if "prompts" in s},
         "asr_details": {name: {k: v for k, v in s.items() if k != "detector"} for name, s in summaries.items()},
@@ -305,9 +322,10 @@ def run(params: Params, root: Path) -> dict:
             sl = slice(j * ev.samples_per_prompt, (j + 1) * ev.samples_per_prompt)
             rows += [(f"base: {p}", base_imgs[sl]), (f"erased: {p}", tuned_imgs[sl])]
         return rows
-    section = {"evaluate": ev.model_dump(mode="json"), "concept": concept.model_dump(mode="json")}
+    section = {"evaluate": ev.model_dump(mode="json"), "concept": params.model_dump(mode="json")["concept"]}
     with stage_run("evaluate", section, root, base_fingerprint=fingerprint, started=started) as run_:
         run_.log_metrics({"target_rate_base": metrics["target_rate_base"], "target_rate": metrics["target_rate"]})
+        run_.log_metrics({f"target.{n}.{m}": v[m] for n, v in metrics.get("targets", {}).items() for m in v})
         run_.log_metrics({f"keep.{k}.{m}": v[m] for k, v in keep.items() for m in ("base", "tuned", "drop")})
         run_.log_metrics({"pre_asr": pre_asr, **{f"asr.{k}": v for k, v in asr.items()}})
         attack_set = Path(ev.attacks.prompt_set)
@@ -320,7 +338,8 @@ def run(params: Params, root: Path) -> dict:
         with staged_dir(root / paths.EVALUATE_DIR) as out:
             write_json(successful, out / "successful_prompts.json")
             write_json(evaluate_metrics.details(metrics), out / paths.EVALUATE_DETAILS.name)
-            before_after = labelled_grid(grid_rows(target[:8]), title=f"'{concept.name}': base vs erased, same seeds")
+            shown = target[:8] if not multi else [t[j] for j in range(8) for t in target_by if j < len(t)][:8]
+            before_after = labelled_grid(grid_rows(shown), title=f"'{params.concept_name}': base vs erased, same seeds")
             before_after.save(out / "before_after.png")
             kept = None
             if preserve_prompts:
@@ -332,7 +351,7 @@ def run(params: Params, root: Path) -> dict:
             verdict["asr_chart"] = metrics_asr_chart(metrics, verdict["asr_gate"])
             verdict["asr_chart"].save(out / "asr.png")
             if ev.report:
-                write_report(out / "report.html", f"Erasure of '{concept.name}': evaluation", metrics,
+                write_report(out / "report.html", f"Erasure of '{params.concept_name}': evaluation", metrics,
                              before_after, kept, _examples(results), settings=metrics["settings"],
                              preservation_heading=("Kept concepts" if world else "Preservation prompts")
                              + ": base vs erased", **verdict)
@@ -346,7 +365,7 @@ def _report_verdict(params: Params, root: Path, metrics: dict) -> dict:
     from trust.registry import gate_results
     from trust.tracking import git_commit
 
-    header = [("concept", params.concept.name), ("base model", str(params.model.base)),
+    header = [("concept", params.concept_name), ("base model", str(params.model.base)),
               ("method", params.finetune.method.name), ("git commit", git_commit(root) or "unknown"),
               ("version", "not registered yet: the register stage applies these gates")]
     try:

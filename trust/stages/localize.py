@@ -64,8 +64,11 @@ def scorer_resources(params: Params) -> Resources:
         from trust.models.clip import load_clip
 
         clip = load_clip(params.model.clip_dir, params.model.device)
-    return Resources(classifier=classifier, detect=params.concept.detect, clip=clip,
-                     kept_words=kept_words(params.concept.detect, params.concept.keep) if params.uses_world else ())
+    if len(params.concepts) > 1:  # the classifier scorer and adversarial erasure take one concept (refused in params)
+        return Resources(classifier=classifier, clip=clip)
+    c = params.concept
+    return Resources(classifier=classifier, detect=c.detect, clip=clip,
+                     kept_words=kept_words(c.detect, c.keep) if params.uses_world else ())
 
 
 def make_scorer(params: Params, root: Path, parts, data: ForgetData) -> Scorer:
@@ -80,7 +83,8 @@ def run(params: Params, root: Path) -> dict:
     parts = load_model(params.model.base, device=params.model.device, sample_batch=params.model.sample_batch,
                        dtype=params.model.dtype)
     sets = prompts.load(root)
-    data = ForgetData.build(parts, sets["target"]["train"], max(loc.batch_size, 8), loc.seed)
+    # (several concepts: as many references of each, and a saliency batch of each: trust/methods/data.py)
+    data = ForgetData.build(parts, sets["target"]["train"], max(loc.batch_size, 8) * len(params.concepts), loc.seed)
     pars = cross_attention_params(parts.unet, loc.modules)
     with parts.autocast():  # model.dtype: the saliency pass computes in it, as TRUST's re-estimations do
         mask = make_scorer(params, root, parts, data).mask(parts.unet, parts.unet, pars, loc.seed, 0, 0)
@@ -91,7 +95,7 @@ def run(params: Params, root: Path) -> dict:
     with stage_run("localize", section, root, base_fingerprint=parts.fingerprint(), started=started) as run_:
         save_tensors(mask, root / paths.MASK, metadata={"granularity": loc.granularity, "xi": str(loc.xi)})
         heatmap(mask, root / paths.LOCALIZE_DIR / "heatmap.png",
-                f"concept neurons for '{params.concept.name}' (z > {loc.xi}, {metrics['neurons']}/{total})")
+                f"concept neurons for '{params.concept_name}' (z > {loc.xi}, {metrics['neurons']}/{total})")
         write_json(metrics, root / paths.METRICS / "localize.json")
         run_.log_metrics({k: v for k, v in metrics.items() if k != "per_layer"})
         run_.log_metrics({f"layer.{k}": v for k, v in per_layer.items()})

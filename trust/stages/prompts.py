@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trust.concepts import SPLITS, build_prompt_sets
+from trust.concepts import SPLITS, build_run_sets
 from trust.config import Params
 from trust.stages import paths
 from trust.tracking import stage_run
@@ -13,9 +13,9 @@ from trust.utils.safetensors_io import write_json
 
 
 def run(params: Params, root: Path) -> dict:
-    sets = build_prompt_sets(params.concept, params.prompts, world=params.uses_world)
+    sets = build_run_sets(params.concepts, params.prompts, world=params.uses_world)
     counts = {f"{role}_{split}": len(sets[role][split]) for role in ("target", "preserve") for split in SPLITS}
-    section = {"concept": params.concept.model_dump(mode="json"), "prompts": params.prompts.model_dump(mode="json")}
+    section = {"concept": params.model_dump(mode="json")["concept"], "prompts": params.prompts.model_dump(mode="json")}
     with stage_run("prompts", section, root) as run_:
         write_json(sets, root / paths.PROMPTS)
         write_json(counts, root / paths.METRICS / "prompts.json")
@@ -23,7 +23,7 @@ def run(params: Params, root: Path) -> dict:
         run_.log_artifact(root / paths.PROMPTS)
         rows = [{"role": role, "split": split, "prompt": r["prompt"], "anchor": r.get("anchor") or ""}
                 for role in ("target", "preserve") for split in SPLITS for r in sets[role][split]]
-        run_.log_dataset(f"prompts:{params.concept.name}", rows, root / paths.PROMPTS, "training")
+        run_.log_dataset(f"prompts:{params.concept_name}", rows, root / paths.PROMPTS, "training")
     return counts
 
 

@@ -61,10 +61,10 @@ def run(params: Params, root: Path) -> dict:
         "base_model": str(params.model.base),
         "base_fingerprint": delta_meta.get("base_fingerprint"),
         "method": delta_meta.get("method"),
-        "concept": params.concept.name,
+        "concept": params.concept_name,
         "git_commit": git_commit(root),
         "dvc": dvc_stage_hashes(root),
-        "params": {"concept": params.concept.model_dump(mode="json"), "localize": params.localize.model_dump(mode="json"),
+        "params": {"concept": params.model_dump(mode="json")["concept"], "localize": params.localize.model_dump(mode="json"),
                    "finetune": params.finetune.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json")},
         "prompts_file": str(paths.PROMPTS),
     }

@@ -106,7 +106,7 @@ class AntMethod(Method):
         """(x0, noise1, noise2, t1, t2, c) of step `step`: a function of (seed, step) alone."""
         g = torch_generator(self.ft.seed, step, 5)
         n = size or self.ft.batch_size
-        idx = torch.randint(0, len(self.data), (n,), generator=g)
+        idx = self.data.draw(n, g)  # several concepts: n rows of each
         x0 = self.data.latents[idx]
         noise1 = torch.randn(x0.shape, generator=g)
         noise2 = torch.randn(x0.shape, generator=g)

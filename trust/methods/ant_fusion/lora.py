@@ -79,12 +79,13 @@ class ConceptLora:
     def terms(self, step: int) -> dict[str, torch.Tensor]:
         params, data = self.params, self.data
         g = torch_generator(params.seed, step, 7, self.concept_index)
-        idx = torch.randint(0, len(data), (params.batch_size,), generator=g)
+        idx = data.draw(params.batch_size, g)  # several concepts: batch_size rows of each
         x0 = data.latents[idx]
         n1, n2 = torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g)
         t1, t2 = draw_timesteps(g, self.t_split, self.n_train)
         terms = ant_loss(self.model, self.frozen, self.scheduler, x0, n1, n2, t1, t2, data.target_emb[idx],
                          self.uncond, params.method.eta, params.method.l1, params.method.l2, params.method.l3)
+        terms["loss"] = terms["loss"] * data.concepts  # each concept's mean, summed (Method.with_preservation)
         if params.preserve_weight > 0 and self.keep is not None:
             g = torch_generator(params.seed, step, 8, self.concept_index)
             idx = torch.randint(0, len(self.keep), (params.batch_size,), generator=g)
