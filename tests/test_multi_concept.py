@@ -405,3 +405,25 @@ def test_model_card_has_a_row_and_a_gate_per_concept(two_concept_run, tmp_path):
     for name in ("red circle", "blue square"):
         t = metrics["targets"][name]
         assert f"| target ({name}) | {t['base']:.3f} | {t['tuned']:.3f} | |" in card
+
+
+def test_joint_preservation_rows_are_grouped_by_kept_concept(two_concept_run):
+    from trust.concepts import shows
+    from trust.stages import prompts
+    from trust.stages.finetune import keep_rows
+
+    project, params, _, _ = two_concept_run
+    sets = prompts.load(project)
+    rows = keep_rows(params, sets)
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in sets["preserve"]["train"]]
+    kept = params.kept
+    for r in rows:
+        lab = labels_of(r["prompt"])
+        if r["concept"] < len(kept):
+            assert shows(lab, kept[r["concept"]])
+        else:
+            assert not any(shows(lab, w) for w in kept)
+    assert len({r["concept"] for r in rows}) >= len(kept)  # every kept concept has training rows
+    fused = params.model_copy(update={"finetune": params.finetune.model_copy(update={
+        "multi": params.finetune.multi.model_copy(update={"mode": "fused"})})})
+    assert keep_rows(fused, sets) is sets["preserve"]["train"]  # each concept alone: as a one-concept run

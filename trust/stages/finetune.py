@@ -96,6 +96,20 @@ def preserve_data(parts, rows: list[dict], ft) -> ForgetData:
     return build_preserve_data(parts, rows, ft, warn=lambda m: console.print(f"[yellow]{m}"))
 
 
+def keep_rows(params: Params, sets: dict) -> list[dict]:
+    """The preservation training rows. Several concepts trained jointly (world): each row tagged with
+    the kept concept it shows (its index in params.kept; the rest one more group), so a preservation
+    batch, like a forget batch, draws batch_size rows of each (trust/methods/data.py) and every kept
+    concept is held at every step."""
+    rows = sets["preserve"]["train"]
+    if len(params.concepts) == 1 or not params.uses_world or params.finetune.multi.mode != "joint":
+        return rows
+    from trust.concepts import shows
+
+    kept = params.kept
+    return [r | {"concept": next((k for k, w in enumerate(kept) if shows(r["labels"], w)), len(kept))} for r in rows]
+
+
 def val_groups(params: Params, root: Path, sets: dict) -> list[ValGroup]:
     """The validation prompts of the target and of every kept concept, each with its judge: the
     world classifier's labels on the world; on Stable Diffusion the evaluate detector, target only
@@ -161,7 +175,7 @@ def _train(params: Params, root: Path, parts, rows: list[dict], sets: dict, mask
     finetune.max_seconds per concept (a joint step trains every concept: trust/methods/data.py)."""
     ft = params.finetune
     data = ForgetData.build(parts, rows, ft.references, ft.seed)
-    method = build_method(parts, data, ft, params.localize, keep=lambda: preserve_data(parts, sets["preserve"]["train"], ft),
+    method = build_method(parts, data, ft, params.localize, keep=lambda: preserve_data(parts, keep_rows(params, sets), ft),
                           initial_mask=mask or None, resources=localize.scorer_resources(params))
     start, history, spent, meta = 0, [], 0.0, {}
     meta_path = ckpt_dir / "state.json"
