@@ -1,6 +1,6 @@
 """Attack benchmark on one world concept: `python bench/attacks.py [--quick]`.
 
-Trains the base model's erasures (a deliberately weak ESD-x, TRUST-CIP, ESD-x, ESD-u, SalUn) from
+Trains the base model's erasures (a deliberately weak ESD-x, TRUST-CIP, ESD-x, ESD-u, SalUn, UCE, RECE) from
 params.yaml's concept in one process, attacks each with UnlearnDiffAtk, P4D and Ring-A-Bell on the
 prompt set `evaluate.attacks.prompt_set`, and writes bench/results/attacks.{md,json,png}.
 See bench/lib/attacks.py for what is measured and how.

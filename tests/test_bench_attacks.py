@@ -35,7 +35,7 @@ def test_attack_bench_quick_on_a_tiny_model(world_tokenizer, tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in parts.unet.state_dict().items())  # base left unchanged
 
     labels = [r["label"] for r in result["runs"]]
-    assert labels == ["base", "ESD-x (weak)", "TRUST-CIP", "ESD-x", "ESD-u", "SalUn"]
+    assert labels == ["base", "ESD-x (weak)", "TRUST-CIP", "ESD-x", "ESD-u", "SalUn", "UCE", "RECE"]
     assert [w["steps"] for w in result["weak_sweep"]] == [1, 2]
     weak = next(r for r in result["runs"] if r["weak"])
     assert weak["steps_run"] in (1, 2)
@@ -56,7 +56,7 @@ def test_attack_bench_quick_on_a_tiny_model(world_tokenizer, tmp_path):
     for name in ("attacks.json", "attacks.md", "attacks.png"):
         assert (out / name).stat().st_size > 0
     saved = json.loads((out / "attacks.json").read_text())
-    assert saved["concept"] == "circle" and len(saved["runs"]) == 6
+    assert saved["concept"] == "circle" and len(saved["runs"]) == 8
     md = (out / "attacks.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
     for name in ATTACK_LABELS.values():

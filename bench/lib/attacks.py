@@ -11,7 +11,8 @@ One process, one concept (params.yaml's), one seed. Rows:
   most-trained candidate if none is;
 - TRUST-CIP (params.yaml's finetune section, as shipped), ESD-x, ESD-u (both trained until
   the method benchmark's bar, same check, at most `bar_max_steps`), SalUn (a fixed budget:
-  it does not reach the bar in the method benchmark).
+  it does not reach the bar in the method benchmark), UCE and RECE (closed form: the whole edit is
+  their first step).
 Method settings (lr, preservation) are those of `bench.lib.methods.METHOD_RUNS`, the
 training data (references) and the bar check are the method benchmark's.
 
@@ -76,6 +77,9 @@ def default_runs(weak_candidates: tuple[int, ...] = (5, 10, 15, 20), bar_max_ste
         AttackRun("ESD-x", "esd", **_method_settings("ESD-x"), steps=bar_max_steps, to_bar=True),
         AttackRun("ESD-u", "esd", **_method_settings("ESD-u"), steps=bar_max_steps, to_bar=True),
         AttackRun("SalUn", "salun", **_method_settings("SalUn"), steps=salun_steps),
+        # closed form (issue 15): the whole edit is the first step; the method benchmark's settings
+        AttackRun("UCE", "uce", **_method_settings("UCE"), steps=1),
+        AttackRun("RECE", "rece", **_method_settings("RECE"), steps=1),
     ]
 
 
