@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weak-max-pre-asr", type=float, default=None,
                     help="weak ESD-x: first candidate whose full-set pre-ASR is at most this (default 0.5)")
     ap.add_argument("--salun-steps", type=int, default=600, help="SalUn's fixed step budget")
+    ap.add_argument("--runs", default=None,
+                    help="comma-separated row labels to run (default: every row), e.g. base,UCE,RECE; use --out "
+                         "for a partial run so the full table is not replaced")
     ap.add_argument("--bar-max-steps", type=int, default=600, help="cap for ESD-x / ESD-u trained to the bar")
     a = ap.parse_args(argv)
 
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out if not a.quick or a.out != ROOT / "bench" / "results" else ROOT / ".cache" / "bench-attacks-quick"
     result = run_from_params(a.params, out, ROOT, quick=a.quick, max_prompts=a.max_prompts, weak_candidates=weak,
                              weak_max_pre_asr=a.weak_max_pre_asr, salun_steps=a.salun_steps,
-                             bar_max_steps=a.bar_max_steps)
+                             bar_max_steps=a.bar_max_steps,
+                             only=[x.strip() for x in a.runs.split(",") if x.strip()] if a.runs else None)
     print((out / "attacks.md").read_text())
     return 0 if result["runs"] else 1
 

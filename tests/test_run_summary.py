@@ -107,3 +107,52 @@ def test_several_concepts_get_a_target_line_each(tmp_path):
     assert "target rate (blue square): base 1.00 -> erased 0.12" in lines
     one = rs.markdown(rs.unlearn_summary(_outputs(tmp_path / "one", passed=True), aliases_of=lambda n, v: []))
     assert "- target rate: base 0.97 -> erased **0.12**" in one
+
+
+def test_registry_aliases_read_from_a_real_sqlite_store_match_mlflow(tmp_path):
+    """The no-op panel reads a local sqlite registry directly (no MLflow import): on a store MLflow
+    itself wrote, with an alias moved between versions, it gives each version's own aliases, as MLflow's
+    client does, and a store of another layout is read by MLflow's client instead."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    from trust.tracking_store import sqlite_aliases, sqlite_file
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model("m")
+    (tmp_path / "pkg").mkdir()
+    for _ in range(2):
+        client.create_model_version("m", source=str(tmp_path / "pkg"))
+    client.set_registered_model_alias("m", "production", "1")
+    client.set_registered_model_alias("m", "old", "1")
+    client.set_registered_model_alias("m", "candidate", "2")
+    client.set_registered_model_alias("m", "production", "2")  # moved: v1 keeps only "old"
+
+    assert sqlite_file(uri) == tmp_path / "mlflow.db"
+    assert sqlite_aliases(tmp_path / "mlflow.db", "m", 1) == ["old"]
+    assert sqlite_aliases(tmp_path / "mlflow.db", "m", "2") == ["candidate", "production"]
+    for v in ("1", "2"):
+        assert rs.registry_aliases("m", v, uri) == sorted(client.get_model_version("m", v).aliases)
+
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).close()  # a file without MLflow's alias table
+    with pytest.raises(sqlite3.Error):
+        sqlite_aliases(other, "m", 1)
+    with pytest.raises(sqlite3.Error):
+        sqlite_aliases(tmp_path / "missing.db", "m", 1)
+    assert sqlite_file("http://127.0.0.1:5000") is None and sqlite_file("sqlite:///") is None
+
+
+def test_report_package_does_not_import_torch():
+    """`trust.report.run_summary` (the no-op `trust run` panel) leaves torch unimported; the HTML writer's
+    names still load from `trust.report`."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from trust.report import run_summary; assert 'torch' not in sys.modules, 'torch imported'; "
+            "from trust.report import write_report, Example; print(write_report.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "trust.report.html"

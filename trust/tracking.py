@@ -26,6 +26,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunStatus
 
+from trust.tracking_store import store_uri
 from trust.utils.lifecycle import Killed, alive, process_token
 
 if TYPE_CHECKING:  # trust.config imports torch; tracking must stay light for stage subprocesses
@@ -121,7 +122,7 @@ def configure(tracking: TrackingParams, root: Path) -> str:
     needs no server and leaves nothing elsewhere on disk.
     """
     root = Path(root).resolve()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
+    uri = store_uri(tracking, root)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(tracking.experiment)

@@ -410,8 +410,10 @@ def plot(result: dict, path: Path) -> None:
 
 def run_from_params(params_path: Path, out: Path, root: Path, quick: bool = False, max_prompts: int | None = None,
                     weak_candidates: tuple[int, ...] | None = None, weak_max_pre_asr: float | None = None,
-                    salun_steps: int = 600, bar_max_steps: int = 600, log=print) -> dict:
-    """Load params.yaml, the base model and the world classifier, then `run_attack_bench`."""
+                    salun_steps: int = 600, bar_max_steps: int = 600, only: list[str] | None = None,
+                    log=print) -> dict:
+    """Load params.yaml, the base model and the world classifier, then `run_attack_bench`; `only`: the
+    rows of these labels (in the default order), e.g. ["base", "UCE", "RECE"]."""
     from bench.lib.methods import load_world
 
     params, parts, classifier = load_world(params_path, root, "the attack benchmark")
@@ -428,6 +430,11 @@ def run_from_params(params_path: Path, out: Path, root: Path, quick: bool = Fals
     else:
         st.weak_candidates = weak_candidates or st.weak_candidates
         runs = default_runs(st.weak_candidates, bar_max_steps=bar_max_steps, salun_steps=salun_steps)
+    if only:
+        labels = [r.label for r in runs]
+        if unknown := [x for x in only if x not in labels]:
+            raise ValueError(f"--runs: unknown row(s) {unknown}; rows are {labels}")
+        runs = [r for r in runs if r.label in only]
     if weak_max_pre_asr is not None:
         st.weak_max_pre_asr = weak_max_pre_asr
     return run_attack_bench(parts, classifier, params, root, runs, st, out, log=log)

@@ -139,7 +139,7 @@ def run_cmd(
         # a no-op rerun: `dvc status` says every stage is up to date and the run was registered; starting
         # Prefect's temporary server (~15 s) and a flow that skips every stage would add nothing
         console.print("stages run: none (dvc status: all up to date); no flow run started", soft_wrap=True)
-        summary_panel()
+        summary_panel(p)
         return
     supervise_self(["run", "--params", str(params), *(["--only", only] if only else []), *(["--force"] if force else [])])
     if only is None:
@@ -149,9 +149,9 @@ def run_cmd(
         try:
             unlearn(str(params), str(Path.cwd()))
         except StageFailed as e:
-            summary_panel(failed_stage=e.stage, error=str(e), gate_failed=e.code == GATE_FAILED_EXIT)
+            summary_panel(p, failed_stage=e.stage, error=str(e), gate_failed=e.code == GATE_FAILED_EXIT)
             raise typer.Exit(GATE_FAILED_EXIT if e.code == GATE_FAILED_EXIT else 1)
-        summary_panel()
+        summary_panel(p)
         return
     if only not in stages:
         _fail(f"--only {only!r}: unknown stage; stages are {', '.join(stages)}")
@@ -165,14 +165,18 @@ def run_cmd(
     repro_stage(only, Path.cwd(), stage_env(), console.print)
 
 
-def summary_panel(failed_stage: str | None = None, error: str | None = None, gate_failed: bool = False) -> None:
-    """The end of `trust run`: one panel from the run's outputs and the registry's current aliases."""
+def summary_panel(p, failed_stage: str | None = None, error: str | None = None, gate_failed: bool = False) -> None:
+    """The end of `trust run`: one panel from the run's outputs and the current aliases of the registry
+    that `p.tracking` names (the store the register stage wrote to)."""
     from rich.panel import Panel
     from rich.text import Text
 
     from trust.report import run_summary
+    from trust.tracking_store import store_uri
 
-    s = run_summary.unlearn_summary(Path.cwd(), failed_stage=failed_stage, error=error, gate_failed=gate_failed)
+    uri = store_uri(p.tracking, Path.cwd())
+    s = run_summary.unlearn_summary(Path.cwd(), failed_stage=failed_stage, error=error, gate_failed=gate_failed,
+                                    aliases_of=lambda name, version: run_summary.registry_aliases(name, version, uri))
     ok = s["verdict"] == run_summary.PASSED
     console.print(Panel(Text("\n".join(run_summary.terminal_lines(s))), title=f"unlearn: {s['verdict']}",
                         border_style="green" if ok else "red", expand=False))

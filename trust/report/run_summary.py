@@ -24,11 +24,23 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def registry_aliases(model_name: str, version: int | str) -> list[str]:
-    """The version's aliases as the MLflow registry holds them now."""
+def registry_aliases(model_name: str, version: int | str, uri: str | None = None) -> list[str]:
+    """The version's aliases as the MLflow registry at `uri` (None: MLflow's current URI) holds them now.
+    A local sqlite store is read directly (trust/tracking_store.py: no MLflow import, ~5 s less); where
+    that read cannot be made (another store, a schema without MLflow's alias table) MLflow's client
+    reads the same registry."""
+    import sqlite3
+
+    from trust.tracking_store import sqlite_aliases, sqlite_file
+
+    if uri is not None and (db := sqlite_file(uri)) is not None:
+        try:
+            return sqlite_aliases(db, model_name, version)
+        except sqlite3.Error:
+            pass  # not MLflow's layout, or no file yet: MLflow's own client says what is there
     from mlflow import MlflowClient
 
-    return sorted(MlflowClient().get_model_version(model_name, str(version)).aliases)
+    return sorted(MlflowClient(uri).get_model_version(model_name, str(version)).aliases)
 
 
 def unlearn_summary(root: Path, failed_stage: str | None = None, error: str | None = None,
