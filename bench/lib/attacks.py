@@ -266,7 +266,7 @@ def run_attack_bench(parts, classifier, params: Params, root: Path, runs: list[A
     result = {
         "concept": concept.name, "detect": concept.detect, "seed": s.seed, "device": str(parts.unet.device),
         "torch_threads": torch.get_num_threads(), "settings": st.to_dict(),
-        "prompt_set": str(params.evaluate.attacks.prompt_set),
+        "prompt_set": _shown_path(params.evaluate.attacks.prompt_set, root),
         "attacks_params": params.evaluate.attacks.model_dump(mode="json"),
         "evaluate": {"steps": params.evaluate.steps, "samples_per_prompt_attacks": 1},
         "finetune_base": params.finetune.model_dump(mode="json"),
@@ -279,6 +279,14 @@ def run_attack_bench(parts, classifier, params: Params, root: Path, runs: list[A
     if out is not None:
         write_results(result, Path(out), "attacks", markdown, plot)
     return result
+
+
+def _shown_path(path, root: Path) -> str:
+    """`path` relative to the project when it lies inside it (results name no machine's folders)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def bars(result: dict) -> dict:
