@@ -47,6 +47,9 @@ ROWS = {
     "TRUST-adv": ADV,
     "ESD-x": {"method": {"name": "esd", "variant": "x"}, "lr": 1e-3},
     "ESD-x-adv": {"method": {"name": "esd", "variant": "x"}, "lr": 1e-3, **ADV},
+    # concept-free replay (finetune.prior, trust/methods/prior.py): erase to the bar as plain TRUST does
+    "TRUST-prior": {"prior": {"enabled": True}},
+    "full-prior": {"method": {"name": "full"}, "lr": 5e-4, "prior": {"enabled": True}},
 }
 BARS = {"asr": 0.10, "asr_strong": 0.15, "drop": 0.10, "time_ratio": 3.0}
 WORK = ROOT / ".cache" / "bench-robust"

@@ -66,6 +66,24 @@ def concept_free_prompts(detect: dict[str, str], labels: dict[str, str] | None =
     return list(dict.fromkeys(out))
 
 
+def free_captions(detect: dict[str, str], labels: dict[str, str]) -> list[str]:
+    """True captions of an image with `labels` under which the concept `detect` stays possible: every
+    object form that leaves at least one of the concept's heads open and contradicts none, filled with
+    the image's *own* labels ("a red shape", "something red" for a red square when the concept is the
+    circle; for the red circle, a blue circle's "a circle" and a red square's "a red shape", never "a
+    square"), the forms whose images show the concept at the model's prior rate. Paired with images without the concept they teach the
+    prompts that leave the concept open not to resolve to it (finetune.prior, trust/methods/prior.py)."""
+    out = []
+    for form in FORMS:
+        heads = _heads(form)
+        if set(detect) <= heads or form in _empty_forms() or not heads <= set(labels):
+            continue
+        if any(labels[h] != detect[h] for h in heads & set(detect)):
+            continue  # names a head against the concept: the concept is impossible under it
+        out.append(_filled(form, {h: labels[h] for h in heads}))
+    return list(dict.fromkeys(out))
+
+
 def _filled(form: str, values: dict[str, str]) -> str:
     """`form` with the slots of `values` filled in (others left as slots), articles fixed."""
     for h, v in values.items():

@@ -269,6 +269,27 @@ class AdversarialParams(_Strict):
                                           "rate within the bar; false: it is only logged")
 
 
+PRIOR_METHODS = ("trust", "esd", "full", "ant", "salun")  # their steps add the shared terms (Method.with_preservation)
+
+
+class PriorParams(_Strict):
+    """Concept-free replay (trust/methods/prior.py; docs/methods.md, Concept-free replay): images the
+    frozen model made of the kept concepts (the preservation references), each captioned with a true
+    caption under which the concept stays possible ("a red shape" for a red square when erasing the
+    circle; trust.concepts.neighbours.free_captions) or the empty prompt, are trained with the plain
+    denoising loss. A prompt that leaves the concept open then resolves to what the data without the
+    concept shows, not to the concept at the base model's prior rate, which is what attacks that find
+    concept-free prompts exploit (bench/results/robust.md, the null attack). World only: it needs each
+    preservation image's labels."""
+
+    enabled: bool = Field(False, description="on: add the replay term to every step (" + ", ".join(PRIOR_METHODS)
+                                             + "; world concepts)")
+    weight: float = Field(1.0, gt=0, description="weight of the replay term next to the forget term")
+    batch_size: int = Field(8, ge=1, description="replay rows per step")
+    empty_share: float = Field(0.25, ge=0, le=1, description="share of replay rows captioned with the empty prompt "
+                                                             "(classifier-free guidance's unconditional branch)")
+
+
 class MultiConceptParams(_Strict):
     """How several concepts (`concept:` a list) are erased in one run (docs/concepts.md, "Several concepts")."""
 
@@ -308,6 +329,7 @@ class FinetuneParams(_Strict):
                                                               "concept (several concepts: N x this); null: none")
     to_bar: ToBarParams = ToBarParams()
     adversarial: AdversarialParams = AdversarialParams()
+    prior: PriorParams = PriorParams()
     lr: float = Field(5e-3, gt=0)
     batch_size: int = Field(8, ge=1, description="forget rows per step; several concepts trained jointly: this many "
                                                  "rows of each concept per step")
@@ -359,6 +381,13 @@ class FinetuneParams(_Strict):
             raise ValueError(f"finetune.adversarial.enabled: method {self.method.name} does not train on a forget "
                              f"batch the inner attack can join; use one of {', '.join(ok)}, or set "
                              "finetune.adversarial.enabled: false")
+        return self
+
+    @model_validator(mode="after")
+    def _prior_method(self) -> "FinetuneParams":
+        if self.prior.enabled and self.method.name not in PRIOR_METHODS:
+            raise ValueError(f"finetune.prior.enabled: method {self.method.name} has no training step the replay term "
+                             f"can join; use one of {', '.join(PRIOR_METHODS)}, or set finetune.prior.enabled: false")
         return self
 
     @model_validator(mode="after")
@@ -568,6 +597,17 @@ class Params(_Strict):
         if problems:
             raise ValueError(SPEC_ERRORS + "\n".join(problems))
         object.__setattr__(self, "concept", resolved if isinstance(self.concept, list) else resolved[0])
+        return self
+
+    @model_validator(mode="after")
+    def _prior_needs_labels(self) -> "Params":
+        # concept-free replay captions each preservation image from its labels (world vocabulary)
+        if self.finetune.prior.enabled and not self.uses_world:
+            raise ValueError("finetune.prior.enabled: concept-free replay captions each preservation image from its "
+                             "world labels, and model.base is not the built-in world; set finetune.prior.enabled: false")
+        if self.finetune.prior.enabled and len(self.concepts) > 1:
+            raise ValueError(f"finetune.prior.enabled: the replay captions leave one concept open, and concept lists "
+                             f"{len(self.concepts)}; set it false, or erase the concepts in separate runs")
         return self
 
     @model_validator(mode="after")

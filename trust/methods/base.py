@@ -62,6 +62,12 @@ class Method:
         self.opt = MaskedAdam(list(self.params.values()), lr=ft.lr) if self.params else None
         self.loss_scale = LossScale(parts.compute_dtype, parts.unet.device)  # float16: dynamic loss scaling
         self.initial_keep_weight, self.initial_lr = self.keep_weight(), ft.lr
+        self.prior = None
+        if ft.prior.enabled:  # finetune.prior: concept-free replay joins every step (trust/methods/prior.py)
+            self.prior = (resources.prior if resources is not None else None)
+            if self.prior is None:
+                raise ValueError("finetune.prior.enabled: no replay data was given (the finetune stage builds it from "
+                                 "the preservation prompts: Resources.prior)")
         self.adversary = None
         if ft.adversarial.enabled:  # finetune.adversarial: an inner attack joins the forget batch
             from trust.methods.adversarial import Adversary
@@ -172,7 +178,17 @@ class Method:
             l_keep = self.preserve_loss(step)
             info["l_keep"] = l_keep.item()
             loss = loss + self.ft.preserve_weight * l_keep
+        if self.prior is not None:
+            l_prior = self.prior_loss(step)
+            info["l_prior"] = l_prior.item()
+            loss = loss + self.ft.prior.weight * l_prior
         return loss
+
+    def prior_loss(self, step: int) -> torch.Tensor:
+        """Concept-free replay: the denoising loss on images without the concept under captions that leave
+        it open (trust/methods/prior.py)."""
+        x_t, t, c, noise = self.prior.batch(self.parts, self.ft.prior.batch_size, self.ft.seed, step, 5)
+        return forget_loss(self.parts.unet(x_t, t, encoder_hidden_states=c).sample, noise)
 
     def update(self, loss: torch.Tensor) -> None:
         """Backward, Adam step of the entries in `self.mask` only."""

@@ -37,13 +37,15 @@ class Resources:
     """What some methods need beyond the prompt data: TRUST's `classifier` scorer uses the world
     classifier and the concept's detector labels, its `clip` scorer a loaded CLIP; `scorer`, a ready concept scorer, replaces the one
     TRUST would build from `localize` (a caller that already has one, a test's spy); `kept_words`, the
-    kept concepts' words, which adversarial erasure's inner attack does not use."""
+    kept concepts' words, which adversarial erasure's inner attack does not use; `prior`, concept-free
+    replay's data (finetune.prior)."""
 
     classifier: torch.nn.Module | None = None
     detect: dict[str, str] | None = None
     clip: object | None = None  # trust.models.clip.Clip
     scorer: object | None = None
     kept_words: tuple[str, ...] = ()  # words of the kept concepts (adversarial erasure leaves them out)
+    prior: object | None = None  # trust.methods.prior.PriorData: concept-free replay (finetune.prior)
 
 
 def build_method(parts: "DiffusionParts", data: ForgetData, ft: FinetuneParams, loc: LocalizeParams,

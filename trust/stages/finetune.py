@@ -168,6 +168,23 @@ class Trained:
     start: int
 
 
+def training_resources(params: Params, parts, sets: dict):
+    """What the method needs beyond its prompt data: the scorer's resources (localize.scorer_resources)
+    and, with finetune.prior, concept-free replay's images and captions (trust/methods/prior.py) from the
+    preservation training rows."""
+    res = localize.scorer_resources(params)
+    prior = params.finetune.prior
+    if not prior.enabled:
+        return res
+    from trust.methods.prior import PriorData
+
+    data = PriorData.build(parts, sets["preserve"]["train"], params.concept.detect, prior.empty_share,
+                           params.finetune.seed, params.finetune.preserve_references)
+    console.print(f"finetune.prior: {len(data)} replay images, {len(data.captions)} captions "
+                  f"(e.g. {', '.join(repr(c) for c in data.captions[:3])})", soft_wrap=True)
+    return dataclasses.replace(res, prior=data)
+
+
 def _train(params: Params, root: Path, parts, rows: list[dict], sets: dict, mask: dict, groups, ckpt_dir: Path,
            digest: str, progress: bool, concepts: int = 1) -> Trained:
     """Train the configured method on the forget `rows` (of `concepts` concepts) to the bar of the val
@@ -176,7 +193,7 @@ def _train(params: Params, root: Path, parts, rows: list[dict], sets: dict, mask
     ft = params.finetune
     data = ForgetData.build(parts, rows, ft.references, ft.seed)
     method = build_method(parts, data, ft, params.localize, keep=lambda: preserve_data(parts, keep_rows(params, sets), ft),
-                          initial_mask=mask or None, resources=localize.scorer_resources(params))
+                          initial_mask=mask or None, resources=training_resources(params, parts, sets))
     start, history, spent, meta = 0, [], 0.0, {}
     meta_path = ckpt_dir / "state.json"
     if meta_path.is_file():
