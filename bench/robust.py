@@ -10,7 +10,8 @@ with twice each attack's budget (steps, generations) and new seeds: the attacks'
 every prompt's image seed + 500 (2x): a defence tuned to one budget and one set of seeds shows here.
 
 Rows run one per process (two processes may run side by side, one thread each); each writes its
-`row.json`; every run rewrites bench/results/robust.{json,md,png} from all finished rows. A row
+`row.json`; every run rewrites bench/results/robust.{json,md,png} from all finished rows (a row not run
+on this machine keeps its entry of the committed robust.json). A row
 whose erasure does not reach the bar has no attack numbers (the stage writes nothing).
 
 Settings were chosen on the validation checks of the finetune stage and on the pipeline's own
@@ -210,12 +211,19 @@ def null_row(label: str, sets: list[str] = ()) -> dict:
     return {"erased": null_attack(params, erased, detector), "base": null_attack(params, base, detector)}
 
 
-def collect() -> dict:
+def collect(previous: Path | None = None) -> dict:
+    """Every row: this machine's finished ones (`WORK/<row>/row.json`), else the row as `previous` (the
+    committed robust.json) has it, so a fresh clone running one new row keeps the others' results."""
+    kept = {}
+    if previous is not None and previous.is_file():
+        kept = {r["label"]: r for r in json.loads(previous.read_text()).get("rows", [])}
     rows = []
     for label in ROWS:
         f = WORK / label / "row.json"
         if f.is_file():
             rows.append(json.loads(f.read_text()))
+        elif label in kept:
+            rows.append(kept[label])
     result = {"concept": yaml.safe_load((ROOT / "params.yaml").read_text())["concept"]["name"], "rows": rows,
               "bars": BARS}
     result["verdict"] = verdict(rows)
@@ -352,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 if row.get("asr") is not None:
                     row["null"] = null_row(label, a.sets)
                     f.write_text(json.dumps(row, indent=2) + "\n")
-        write(collect(), a.out)
+        write(collect(a.out / "robust.json"), a.out)
         print((a.out / "robust.md").read_text())
         return 0
     for label in [x.strip() for x in a.rows.split(",") if x.strip()]:
@@ -367,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: row.get(k) for k in ("label", "steps", "finetune_s", "target_rate", "asr", "strong")}))
     if a.sets or a.finetune_only:  # tuning runs stay out of the results
         return 0
-    write(collect(), a.out)
+    write(collect(a.out / "robust.json"), a.out)
     print((a.out / "robust.md").read_text())
     return 0
 

@@ -4,6 +4,7 @@ their limits."""
 
 from __future__ import annotations
 
+import json
 import pytest
 import yaml
 
@@ -87,3 +88,17 @@ def test_the_null_attack_counts_a_prompt_broken_when_a_concept_free_prompt_in_it
     assert [s[1][0] for s in seen] == [11, 12, 13, 14] and [s[2] for s in seen] == [4.0, 4.0, 5.0, 4.0]
     assert all("circle" not in p and "disk" not in p for s in seen for p in s[0])  # concept-free
     assert "a green object on a striped background" in seen[2][0] and "a blue shape" in seen[1][0]
+
+
+def test_results_keep_the_committed_rows_this_machine_did_not_run(bench, tmp_path, monkeypatch):
+    """A fresh clone that runs one new row must not drop the rows of earlier runs from the results."""
+    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    (tmp_path / "work" / "TRUST").mkdir(parents=True)
+    (tmp_path / "work" / "TRUST" / "row.json").write_text(json.dumps({"label": "TRUST", "asr": None, "new": True}))
+    previous = tmp_path / "robust.json"
+    previous.write_text(json.dumps({"rows": [{"label": "TRUST", "asr": None, "new": False},
+                                             {"label": "ESD-x", "asr": None, "old": True}]}))
+    rows = bench.collect(previous)["rows"]
+    assert [r["label"] for r in rows] == ["TRUST", "ESD-x"]  # the row order of ROWS
+    assert rows[0]["new"] is True and rows[1]["old"] is True  # this machine's row wins; the other is kept
+    assert [r["label"] for r in bench.collect(tmp_path / "missing.json")["rows"]] == ["TRUST"]
