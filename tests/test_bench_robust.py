@@ -5,6 +5,7 @@ their limits."""
 from __future__ import annotations
 
 import json
+
 import pytest
 import yaml
 
