@@ -157,7 +157,7 @@ def test_the_forget_term_of_a_joint_batch_sums_each_concepts_mean():
         data = ForgetData(torch.zeros(4, 1, 2, 2), torch.zeros(4, 1, 1), torch.zeros(4, 1, 1), list("abcd"),
                           strata=strata)
         return SimpleNamespace(data=data, ft=SimpleNamespace(preserve_weight=30.0),
-                               preserve_loss=lambda step: torch.tensor(0.5))
+                               preserve_loss=lambda step: torch.tensor(0.5), prior=None)  # no replay term
 
     two = Method.with_preservation(fake(torch.tensor([0, 0, 1, 1])), torch.tensor(0.3), 0, {})
     one = Method.with_preservation(fake(None), torch.tensor(0.3), 0, {})
