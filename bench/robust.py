@@ -51,6 +51,8 @@ ROWS = {
     # concept-free replay (finetune.prior, trust/methods/prior.py): erase to the bar as plain TRUST does
     "TRUST-prior": {"prior": {"enabled": True}},
     "full-prior": {"method": {"name": "full"}, "lr": 5e-4, "prior": {"enabled": True}},
+    # the replay over every other UNet weight too, at its own rate (bench/tries/prior_after_trust.py's scope)
+    "TRUST-prior-unet": {"prior": {"enabled": True, "modules": "unet"}},
 }
 BARS = {"asr": 0.10, "asr_strong": 0.15, "drop": 0.10, "time_ratio": 3.0}
 WORK = ROOT / ".cache" / "bench-robust"

@@ -135,3 +135,56 @@ def test_replay_refused_where_it_cannot_run(parts):
                       {"name": "blue square", "kind": "combination", "detect": {"shape": "square", "colour": "blue"}}]
     with pytest.raises(ValueError, match="finetune.prior.enabled: the replay captions leave one concept open"):
         Params.model_validate(raw)
+
+
+def _esd_with_unet_replay(parts, prior, lr=1e-3):
+    data = ForgetData.build(parts, TARGET, 2, 0)
+    p = copy.copy(parts)
+    p.unet = copy.deepcopy(parts.unet)
+    ft = FinetuneParams(method={"name": "esd", "variant": "x"}, batch_size=2, preserve_weight=0.0,
+                        prior=PriorParams(enabled=True, modules="unet", lr=lr, batch_size=8))
+    return p, build_method(p, data, ft, LocalizeParams(), resources=Resources(prior=prior))
+
+
+def test_unet_scope_moves_every_other_weight_by_the_replay_gradient_alone(parts, prior):
+    """modules: unet: a weight outside the method's own takes Adam's first step on the replay term's
+    gradient, computed here on its own (first Adam step: lr * g / (|g| + eps)); the forget term, whose
+    gradient would flip some of those signs, never reaches it; the method's own weights move too."""
+    p, method = _esd_with_unet_replay(parts, prior)
+    own = set(method.params)
+    assert own and set(method.prior_params).isdisjoint(own)
+    assert set(method.prior_params) | own == {n for n, _ in parts.unet.named_parameters()}
+    # the replay gradient of the step-0 batch, on an untouched copy
+    ref = copy.deepcopy(parts.unet).requires_grad_(True)
+    x_t, t, c, noise = prior.batch(parts, 8, 0, 0, 5)
+    loss = ((ref(x_t, t, encoder_hidden_states=c).sample - noise) ** 2).mean()
+    names = list(method.prior_params)
+    grads = dict(zip(names, torch.autograd.grad(loss, [dict(ref.named_parameters())[n] for n in names])))
+    before = {n: v.detach().clone() for n, v in p.unet.named_parameters()}
+    method.step(0)
+    after = dict(p.unet.named_parameters())
+    checked = 0
+    for n in names:
+        g = grads[n]
+        if g.abs().max() < 1e-6:
+            continue
+        want = before[n] - 1e-3 * g / (g.abs() + 1e-8)
+        assert torch.allclose(after[n].detach(), want, atol=2e-6), n
+        checked += 1
+    assert checked > 10
+    assert any(not torch.equal(before[n], after[n].detach()) for n in own)  # the method's own weights trained
+    assert all(not v.requires_grad for n, v in p.unet.named_parameters() if n not in own)  # frozen between steps
+
+
+def test_unet_scope_resumes_as_an_uninterrupted_run(parts, prior):
+    p1, m1 = _esd_with_unet_replay(parts, prior)
+    train(m1, 4)
+    p2, m2 = _esd_with_unet_replay(parts, prior)
+    train(m2, 2)
+    state = {k: v.clone() for k, v in m2.state_tensors().items()}
+    assert any(k.startswith("prior.adam.") for k in state)
+    p3, m3 = _esd_with_unet_replay(parts, prior)
+    m3.load_state_tensors(state)
+    train(m3, 4, start=2)
+    for (n, a), b in zip(p1.unet.state_dict().items(), p3.unet.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-7), n

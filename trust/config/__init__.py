@@ -288,6 +288,13 @@ class PriorParams(_Strict):
     batch_size: int = Field(8, ge=1, description="replay rows per step")
     empty_share: float = Field(0.25, ge=0, le=1, description="share of replay rows captioned with the empty prompt "
                                                              "(classifier-free guidance's unconditional branch)")
+    modules: Literal["method", "unet"] = Field(
+        "method", description="what the replay term trains: method, the method's own parameters (TRUST: its masked "
+                              "rows; the delta keeps its form); unet, also every other UNet weight, through an Adam "
+                              "of its own at `lr` that gets the replay term's gradient only (the forget and "
+                              "preservation terms stay on the method's parameters): what moved the prior in "
+                              "bench/tries/prior_after_trust.py; the stored delta is then dense")
+    lr: float = Field(3e-4, gt=0, description="with modules: unet, the step size of the other UNet weights")
 
 
 class MultiConceptParams(_Strict):

@@ -68,6 +68,13 @@ class Method:
             if self.prior is None:
                 raise ValueError("finetune.prior.enabled: no replay data was given (the finetune stage builds it from "
                                  "the preservation prompts: Resources.prior)")
+        # finetune.prior.modules: unet: every other UNet weight, trained by the replay term alone
+        self.prior_params: dict[str, torch.nn.Parameter] = {}
+        self.prior_opt, self._prior_grads = None, None
+        if self.prior is not None and ft.prior.modules == "unet":
+            own = {id(p) for p in self.params.values()}
+            self.prior_params = {n: p for n, p in parts.unet.named_parameters() if id(p) not in own}
+            self.prior_opt = torch.optim.Adam(list(self.prior_params.values()), lr=ft.prior.lr)
         self.adversary = None
         if ft.adversarial.enabled:  # finetune.adversarial: an inner attack joins the forget batch
             from trust.methods.adversarial import Adversary
@@ -179,9 +186,23 @@ class Method:
             info["l_keep"] = l_keep.item()
             loss = loss + self.ft.preserve_weight * l_keep
         if self.prior is not None:
-            l_prior = self.prior_loss(step)
+            w = self.ft.prior.weight
+            if self.prior_opt is None:
+                l_prior = self.prior_loss(step)
+            else:
+                # the other UNet weights take part in the replay forward only: the forget and preservation
+                # terms never reach them (whole-UNet forget terms took the kept shapes: full-prior, robust.md)
+                others = list(self.prior_params.values())
+                for p in others:
+                    p.requires_grad_(True)
+                try:
+                    l_prior = self.prior_loss(step)
+                    self._prior_grads = torch.autograd.grad(w * l_prior, others, retain_graph=True)
+                finally:
+                    for p in others:
+                        p.requires_grad_(False)
             info["l_prior"] = l_prior.item()
-            loss = loss + self.ft.prior.weight * l_prior
+            loss = loss + w * l_prior  # the method's own parameters learn from it too
         return loss
 
     def prior_loss(self, step: int) -> torch.Tensor:
@@ -195,6 +216,12 @@ class Method:
         self.opt.zero_grad(set_to_none=True)
         self.loss_scale.backward_and_step(
             loss, self.opt, {p: expand_mask(self.mask[k], p) for k, p in self.params.items() if k in self.mask})
+        if self._prior_grads is not None:  # finetune.prior.modules: unet: the replay term's gradient alone
+            for p, g in zip(self.prior_params.values(), self._prior_grads):
+                p.grad = g
+            self.prior_opt.step()
+            self.prior_opt.zero_grad(set_to_none=True)
+            self._prior_grads = None
 
     def mask_info(self) -> dict:
         return {"mask_size": mask_size(self.mask)} if self.mask else {}
@@ -220,6 +247,12 @@ class Method:
         out.update(self.loss_scale.state())
         if self.adversary is not None:
             out.update(self.adversary.pool.state())
+        for k, p in self.prior_params.items():  # finetune.prior.modules: unet
+            out[f"prior.param.{k}"] = p.detach()
+            st = self.prior_opt.state.get(p)
+            if st:
+                out[f"prior.adam.{k}.exp_avg"], out[f"prior.adam.{k}.exp_avg_sq"] = st["exp_avg"], st["exp_avg_sq"]
+                out[f"prior.adam.{k}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
         return out
 
     def load_state_tensors(self, t: dict[str, torch.Tensor]) -> None:
@@ -232,6 +265,13 @@ class Method:
                                          "exp_avg": t[f"adam.{k}.exp_avg"].clone(),
                                          "exp_avg_sq": t[f"adam.{k}.exp_avg_sq"].clone()}
             self.mask = {k.removeprefix("mask."): v.clone() for k, v in t.items() if k.startswith("mask.")} or self.mask
+        with torch.no_grad():
+            for k, p in self.prior_params.items():
+                p.copy_(t[f"prior.param.{k}"])
+                if f"prior.adam.{k}.exp_avg" in t:
+                    self.prior_opt.state[p] = {"step": t[f"prior.adam.{k}.step"].reshape(()).clone(),
+                                               "exp_avg": t[f"prior.adam.{k}.exp_avg"].clone(),
+                                               "exp_avg_sq": t[f"prior.adam.{k}.exp_avg_sq"].clone()}
         self.load_extra_state(t)
         self.loss_scale.load(t)
         if self.adversary is not None:
