@@ -14,7 +14,7 @@ from trust.concepts.neighbours import free_captions
 from trust.config import FinetuneParams, LocalizeParams, Params, PriorParams
 from trust.methods.data import ForgetData
 from trust.methods.loop import Resources, build_method, train
-from trust.methods.prior import PriorData
+from trust.methods.prior import STREAM, PriorData
 from trust.utils.seeding import torch_generator
 from tiny_models import tiny_sd_parts
 
@@ -156,7 +156,7 @@ def test_unet_scope_moves_every_other_weight_by_the_replay_gradient_alone(parts,
     assert set(method.prior_params) | own == {n for n, _ in parts.unet.named_parameters()}
     # the replay gradient of the step-0 batch, on an untouched copy
     ref = copy.deepcopy(parts.unet).requires_grad_(True)
-    x_t, t, c, noise = prior.batch(parts, 8, 0, 0, 5)
+    x_t, t, c, noise = prior.batch(parts, 8, 0, 0, STREAM)
     loss = ((ref(x_t, t, encoder_hidden_states=c).sample - noise) ** 2).mean()
     names = list(method.prior_params)
     grads = dict(zip(names, torch.autograd.grad(loss, [dict(ref.named_parameters())[n] for n in names])))

@@ -208,7 +208,9 @@ class Method:
     def prior_loss(self, step: int) -> torch.Tensor:
         """Concept-free replay: the denoising loss on images without the concept under captions that leave
         it open (trust/methods/prior.py)."""
-        x_t, t, c, noise = self.prior.batch(self.parts, self.ft.prior.batch_size, self.ft.seed, step, 5)
+        from trust.methods.prior import STREAM
+
+        x_t, t, c, noise = self.prior.batch(self.parts, self.ft.prior.batch_size, self.ft.seed, step, STREAM)
         return forget_loss(self.parts.unet(x_t, t, encoder_hidden_states=c).sample, noise)
 
     def update(self, loss: torch.Tensor) -> None:

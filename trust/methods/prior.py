@@ -28,6 +28,9 @@ from trust.sampling import generate
 from trust.utils.seeding import torch_generator
 
 SEED_OFFSET = 2  # the replay images' seed: finetune.seed + 2 (targets + 0, preservation references + 1)
+# a step's replay batch is keyed (finetune.seed, step, STREAM): a stream no other draw of a step uses (forget
+# 1, saliency 2, preservation 3, ANT 5, adversarial 7 and 8)
+STREAM = 9
 
 
 @dataclass
