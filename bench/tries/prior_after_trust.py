@@ -6,7 +6,8 @@ prompts, captioned with `free_captions` or the empty prompt).
 (e.g. outputs/finetune/delta.safetensors after `make run`). Trains the replay loss (plus, with KEEP_WEIGHT > 0,
 the preservation term: the same images under their own kept prompts held at the base model's prediction),
 every UNet weight, Adam at LR (default 3e-4), batch 16, and prints the shape rates (world classifier, 24 seeds, 20 DDIM
-steps, guidance 4) of held-out generic, named-circle and named-kept prompts: base, erased, erased + replay.
+steps, guidance 4) of generic ("object object object object object", "an object", "a scarlet object",
+"something crimson" and "a shape" are no replay caption), named-circle and named-kept prompts: base, erased, erased + replay.
 Results: bench/results/tries/robust_tuning.md.
 """
 import copy

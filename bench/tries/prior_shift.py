@@ -5,7 +5,8 @@ concept-free prompts ("a red shape", "") away from circles?
 attn2, all (the whole UNet). Trains the plain denoising loss on freshly drawn scenes without circles
 (squares, triangles, crosses), captioned concept-free (colour-only templates, 50%), empty (20%) or
 fully named (30%): "retraining on the retain data", the unlearning gold standard. Prints the shape
-rates (world classifier, 24 seeds, 20 DDIM steps, guidance 4) of held-out generic and named prompts
+rates (world classifier, 24 seeds, 20 DDIM steps, guidance 4) of generic prompts ("object object object object object", "an object", "a scarlet object", "a shape"
+are no training caption) and named prompts
 before and after. Results: bench/results/tries/robust_tuning.md.
 """
 import sys, time, copy

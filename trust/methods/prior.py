@@ -5,7 +5,7 @@ model's prior. On the world, prompts that name no shape ("a red shape", "", "obj
 draw circles at the base model's rate (0.12-0.42 of images) before and after erasure, and the attacks
 win by finding such prompts (bench/results/robust.md: the null attack breaks 10 of 22 prompts on the
 *base* model). Retraining without the concept, the unlearning gold standard, changes that prior:
-fine-tuning on images without circles under concept-free captions took 7 of 8 held-out generic prompts
+fine-tuning on images without circles under concept-free captions took 7 of 8 generic prompts (4 of them forms it was not trained on)
 to <= 0.04 circles (bench/results/tries/robust_tuning.md, session of 2026-12-07).
 
 What: the frozen model's own images of the preservation prompts (it draws the kept concepts well), each
