@@ -269,9 +269,6 @@ class AdversarialParams(_Strict):
                                           "rate within the bar; false: it is only logged")
 
 
-PRIOR_METHODS = ("trust", "esd", "full", "ant", "salun")  # their steps add the shared terms (Method.with_preservation)
-
-
 class PriorParams(_Strict):
     """Concept-free replay (trust/methods/prior.py; docs/methods.md, Concept-free replay): images the
     frozen model made of the kept concepts (the preservation references), each captioned with a true
@@ -282,8 +279,8 @@ class PriorParams(_Strict):
     concept-free prompts exploit (bench/results/robust.md, the null attack). World only: it needs each
     preservation image's labels."""
 
-    enabled: bool = Field(False, description="on: add the replay term to every step (" + ", ".join(PRIOR_METHODS)
-                                             + "; world concepts)")
+    enabled: bool = Field(False, description="on: add the replay term to every step (trust, esd, full, ant, salun: "
+                                             "the methods whose config says `replay`; world concepts)")
     weight: float = Field(1.0, gt=0, description="weight of the replay term next to the forget term")
     batch_size: int = Field(8, ge=1, description="replay rows per step")
     empty_share: float = Field(0.25, ge=0, le=1, description="share of replay rows captioned with the empty prompt "
@@ -392,9 +389,10 @@ class FinetuneParams(_Strict):
 
     @model_validator(mode="after")
     def _prior_method(self) -> "FinetuneParams":
-        if self.prior.enabled and self.method.name not in PRIOR_METHODS:
+        if self.prior.enabled and not type(self.method).replay:
+            ok = [n for n in METHODS.names() if METHODS.get(n).replay]
             raise ValueError(f"finetune.prior.enabled: method {self.method.name} has no training step the replay term "
-                             f"can join; use one of {', '.join(PRIOR_METHODS)}, or set finetune.prior.enabled: false")
+                             f"can join; use one of {', '.join(ok)}, or set finetune.prior.enabled: false")
         return self
 
     @model_validator(mode="after")

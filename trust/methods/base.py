@@ -21,6 +21,7 @@ from trust.config import FinetuneParams, LocalizeParams
 from trust.methods.data import ForgetData
 from trust.methods.losses import forget_loss, negative_guidance_target
 from trust.methods.masked_adam import MaskedAdam
+from trust.methods.prior import STREAM
 from trust.methods.saliency import expand_mask, mask_size
 from trust.models.parts import DiffusionParts
 from trust.models.precision import LossScale, stored_copy
@@ -208,8 +209,6 @@ class Method:
     def prior_loss(self, step: int) -> torch.Tensor:
         """Concept-free replay: the denoising loss on images without the concept under captions that leave
         it open (trust/methods/prior.py)."""
-        from trust.methods.prior import STREAM
-
         x_t, t, c, noise = self.prior.batch(self.parts, self.ft.prior.batch_size, self.ft.seed, step, STREAM)
         return forget_loss(self.parts.unet(x_t, t, encoder_hidden_states=c).sample, noise)
 

@@ -24,6 +24,8 @@ class MethodConfig(BaseModel):
     starts_from_localize: ClassVar[bool] = False
     # It trains on the shared forget batch (Method.forget_batch), which adversarial erasure joins.
     adversarial: ClassVar[bool] = False
+    # Its step adds the shared terms (Method.with_preservation), which concept-free replay (finetune.prior) joins.
+    replay: ClassVar[bool] = False
 
     @classmethod
     def method_name(cls) -> str:

@@ -48,6 +48,7 @@ class AntConfig(MethodConfig, AntLossKnobs):
     saliency_batch: int = Field(1, ge=1, description="reference images per saliency map (of that prompt)")
 
     implementation: ClassVar[str] = "trust.methods.ant.method:AntMethod"
+    replay: ClassVar[bool] = True
     moved_from: ClassVar[dict[str, str]] = {**ANT_LOSS_MOVED, "ant_scope": "scope", "ant_gamma": "gamma",
                                             "ant_seeds": "seeds", "ant_max_maps": "max_maps",
                                             "ant_saliency_batch": "saliency_batch"}

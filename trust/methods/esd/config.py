@@ -23,6 +23,7 @@ class EsdConfig(MethodConfig):
     guidance: float = Field(3.0, ge=1.0, description="guidance of the frozen model's x_t sample")
 
     adversarial: ClassVar[bool] = True
+    replay: ClassVar[bool] = True
     implementation: ClassVar[str] = "trust.methods.esd.method:EsdMethod"
     moved_from: ClassVar[dict[str, str]] = {"esd_variant": "variant", "eta": "eta", "esd_xt": "xt",
                                             "esd_ddim_steps": "ddim_steps", "esd_guidance": "guidance"}

@@ -13,5 +13,6 @@ class FullConfig(MethodConfig, ForgetTargetKnobs):
     name: Literal["full"] = "full"
 
     adversarial: ClassVar[bool] = True
+    replay: ClassVar[bool] = True
     implementation: ClassVar[str] = "trust.methods.full.method:FullMethod"
     moved_from: ClassVar[dict[str, str]] = dict(FORGET_TARGET_MOVED)

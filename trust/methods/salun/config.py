@@ -19,6 +19,7 @@ class SalunConfig(MethodConfig, ForgetTargetKnobs):
                                                         "preservation-prompt images made by the frozen model); 0 = off")
 
     adversarial: ClassVar[bool] = True
+    replay: ClassVar[bool] = True
     implementation: ClassVar[str] = "trust.methods.salun.method:SalunMethod"
     moved_from: ClassVar[dict[str, str]] = {"salun_fraction": "fraction", "retain_weight": "retain_weight",
                                             **FORGET_TARGET_MOVED}

@@ -36,6 +36,7 @@ class TrustConfig(MethodConfig, ForgetTargetKnobs):
                                 "afresh (the frozen model runs on these only); the rest come from the pool")
 
     adversarial: ClassVar[bool] = True
+    replay: ClassVar[bool] = True
     implementation: ClassVar[str] = "trust.methods.trust.method:TrustMethod"
     starts_from_localize: ClassVar[bool] = True
     moved_from: ClassVar[dict[str, str]] = {"loss": "loss", "beta": "beta", "reestimate_every": "reestimate_every",
